@@ -1,0 +1,198 @@
+"""The run configuration: validation against the shipped JSON schema, defaults, typed access.
+
+The Snakefile and the CLI read config the same way: ``load_config`` validates a dict with
+Snakemake's own ``validate`` (which also fills in the schema's defaults), checks what a
+schema cannot express, and returns a frozen ``RunConfig``. It performs no I/O beyond
+reading the schema, so it is safe at Snakefile parse time on every cluster job.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator_ext.errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Where the items come from."""
+
+    uri: str
+    format: str
+    id_column: str = "id"
+
+
+@dataclass(frozen=True)
+class BatchingSpec:
+    """How items are cut into batches."""
+
+    max_items: int = 10000
+    max_bytes: int | None = None
+    weight_column: str | None = None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """The user's code, as ``module:callable`` references."""
+
+    function: str
+    mode: str = "batch"
+    combine: str | None = None
+    finalize: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MergeSpec:
+    """Shape and kind of the merge tree."""
+
+    fan_in: int = 16
+    mode: str = "concat"
+
+
+@dataclass(frozen=True)
+class RetrySpec:
+    """In-job retry of transient errors."""
+
+    max_attempts: int = 5
+    initial_delay_s: float = 0.5
+    max_delay_s: float = 20.0
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """Where task state is recorded."""
+
+    backend: str = "sqlite"
+    table: str | None = None
+    region: str | None = None
+    endpoint_url: str | None = None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A validated run configuration; ``raw`` keeps the dict (with defaults) it came from."""
+
+    run_id: str
+    output_root: str
+    input: InputSpec
+    batching: BatchingSpec
+    job: JobSpec
+    merge: MergeSpec
+    max_dead_letter_fraction: float
+    retry: RetrySpec
+    state: StateSpec
+    raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def run_dir(self) -> str:
+        """The run's folder (or S3 prefix): ``{output_root}/{run_id}``."""
+        return f"{self.output_root.rstrip('/')}/{self.run_id}"
+
+    @property
+    def sha256(self) -> str:
+        """sha256 of the canonical JSON of the validated config (defaults included)."""
+        return config_sha256(self.raw)
+
+
+def config_sha256(raw: dict[str, Any]) -> str:
+    """Return the sha256 of a config dict in canonical JSON (sorted keys, no spaces)."""
+    text = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _schema_error_message(error: Exception) -> str:
+    """Turn a jsonschema ValidationError into one line naming the key and the problem."""
+    path = "/".join(str(p) for p in getattr(error, "absolute_path", [])) or "(top level)"
+    message = getattr(error, "message", str(error)).splitlines()[0]
+    return f"invalid config at '{path}': {message}"
+
+
+def validate_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """Validate a config dict against the schema and return a copy with defaults filled in.
+
+    Raises:
+        ConfigError: naming the offending key and what was expected.
+    """
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    data = copy.deepcopy(dict(raw))
+    try:
+        validate(data, str(SCHEMA_PATH), set_default=True)
+    except WorkflowError as exc:
+        cause = next((a for a in exc.args if isinstance(a, Exception)), exc)
+        raise ConfigError(_schema_error_message(cause)) from None
+    _check_consistency(data)
+    return data
+
+
+def _check_consistency(data: dict[str, Any]) -> None:
+    """Checks a JSON schema cannot express: keys that only make sense together."""
+    job, merge, state = data["job"], data["merge"], data["state"]
+    if merge["mode"] == "reduce" and not job.get("combine"):
+        raise ConfigError(
+            "invalid config: merge.mode is 'reduce' but job.combine is not set; "
+            "name an associative combine function as 'module:callable'"
+        )
+    if state["backend"] == "dynamodb" and not state.get("table"):
+        raise ConfigError("invalid config: state.backend is 'dynamodb' but state.table is not set")
+    if data["input"]["format"] == "s3-keys" and not data["input"]["uri"].startswith("s3://"):
+        raise ConfigError("invalid config: input.format 's3-keys' needs an s3:// input.uri")
+
+
+def load_config(raw: dict[str, Any]) -> RunConfig:
+    """Validate a config dict and return it as a ``RunConfig``.
+
+    Raises:
+        ConfigError: the config does not match the schema or is inconsistent.
+    """
+    data = validate_config(raw)
+    return RunConfig(
+        run_id=data["run_id"],
+        output_root=data["output_root"],
+        input=InputSpec(**data["input"]),
+        batching=BatchingSpec(**data["batching"]),
+        job=JobSpec(**data["job"]),
+        merge=MergeSpec(**data["merge"]),
+        max_dead_letter_fraction=data["tolerance"]["max_dead_letter_fraction"],
+        retry=RetrySpec(**data["retry"]),
+        state=StateSpec(**data["state"]),
+        raw=data,
+    )
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (or JSON) config file into a dict.
+
+    Raises:
+        ConfigError: the file is missing or is not a YAML mapping.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"config file {path} is not valid YAML: {' '.join(str(exc).split())}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path} must hold a mapping of keys, got {type(data).__name__}"
+        )
+    return data
+
+
+def load_config_file(path: str | Path) -> RunConfig:
+    """Read and validate a config file (the CLI's ``--configfile``)."""
+    return load_config(read_config_file(path))

@@ -1,0 +1,163 @@
+"""Where a run's files live and how the merge tree is shaped. Pure functions, no I/O.
+
+A run's files, all under ``{output_root}/{run_id}/``::
+
+    batches/plan.json                 the partition plan (batch sizes and checksums)
+    batches/batch-NNNNN.parquet       the items of one batch
+    results/batch-NNNNN.parquet       the job's output for one batch
+    results/batch-NNNNN.json          its record: sha256, rows, bytes, attempts, host, ...
+    dead_letter/batch-NNNNN.parquet   items that failed permanently (id, category, ...)
+    merge/L{level}/part-NNNNN.parquet an inner node of the merge tree (+ .json record)
+    final/result.parquet              the root of the merge tree (+ .json record)
+    manifest.json                     everything above, with checksums
+    state.sqlite                      task state (sqlite backend)
+    logs/<rule>/<wildcards>.log       one log per job
+
+The merge tree: level 0 are the batch results; node ``i`` of level ``L`` merges nodes
+``i*F .. i*F+F-1`` of level ``L-1`` (F = fan-in). The tree is as deep as it must be to end
+in one node, and that root node is written directly as ``final/result.parquet``, so no
+level is ever a plain copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BATCH_DIGITS = 5
+
+
+def batch_name(batch: int) -> str:
+    """``batch-00042`` for batch 42."""
+    return f"batch-{batch:0{BATCH_DIGITS}d}"
+
+
+def part_name(index: int) -> str:
+    """``part-00003`` for merge node 3 of a level."""
+    return f"part-{index:0{BATCH_DIGITS}d}"
+
+
+def task_id_for_batch(batch: int) -> str:
+    """State-store task id of a batch."""
+    return batch_name(batch)
+
+
+def task_id_for_merge(level: int, index: int) -> str:
+    """State-store task id of an inner merge node."""
+    return f"merge-L{level}-{part_name(index)}"
+
+
+TASK_PARTITION = "partition"
+TASK_FINAL = "final"
+TASK_MANIFEST = "manifest"
+
+
+def all_task_ids(n_batches: int, fan_in: int) -> list[str]:
+    """Every task of a run after partitioning: batches, inner merge nodes, final, manifest."""
+    sizes = level_sizes(n_batches, fan_in)
+    tasks = [task_id_for_batch(b) for b in range(n_batches)]
+    tasks += [task_id_for_merge(lv, i) for lv in range(1, len(sizes) - 1) for i in range(sizes[lv])]
+    return [*tasks, TASK_FINAL, TASK_MANIFEST]
+
+
+def level_sizes(n_batches: int, fan_in: int) -> list[int]:
+    """Number of nodes per level, level 0 (the batches) first, ending with the root's 1.
+
+    >>> level_sizes(40, 16)
+    [40, 3, 1]
+    >>> level_sizes(1, 16)
+    [1, 1]
+    """
+    if n_batches < 1:
+        raise ValueError(f"a run needs at least one batch, got {n_batches}")
+    if fan_in < 2:
+        raise ValueError(f"fan_in must be at least 2, got {fan_in}")
+    sizes = [n_batches]
+    while True:
+        sizes.append(-(-sizes[-1] // fan_in))
+        if sizes[-1] == 1:
+            return sizes
+
+
+def root_level(n_batches: int, fan_in: int) -> int:
+    """The level of the root node (the final result)."""
+    return len(level_sizes(n_batches, fan_in)) - 1
+
+
+def children(level: int, index: int, n_batches: int, fan_in: int) -> range:
+    """Indices, in level ``level - 1``, of the children of node ``index`` of ``level``."""
+    sizes = level_sizes(n_batches, fan_in)
+    if not 1 <= level < len(sizes) or not 0 <= index < sizes[level]:
+        raise ValueError(f"no merge node L{level}/{index} in a tree over {n_batches} batches")
+    return range(index * fan_in, min((index + 1) * fan_in, sizes[level - 1]))
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths of one run's files, relative to nothing: ``run_dir`` is prepended as given."""
+
+    run_dir: str
+
+    def _path(self, rel: str) -> str:
+        return f"{self.run_dir}/{rel}"
+
+    @property
+    def batches_dir(self) -> str:
+        return self._path("batches")
+
+    @property
+    def plan(self) -> str:
+        return self._path("batches/plan.json")
+
+    def batch(self, batch: int | str) -> str:
+        return self._path(f"batches/{_batch_file(batch)}.parquet")
+
+    def result(self, batch: int | str) -> str:
+        return self._path(f"results/{_batch_file(batch)}.parquet")
+
+    def result_record(self, batch: int | str) -> str:
+        return self._path(f"results/{_batch_file(batch)}.json")
+
+    def dead_letter(self, batch: int | str) -> str:
+        return self._path(f"dead_letter/{_batch_file(batch)}.parquet")
+
+    def merge_part(self, level: int | str, index: int | str) -> str:
+        return self._path(f"merge/L{level}/{_part_file(index)}.parquet")
+
+    def merge_record(self, level: int | str, index: int | str) -> str:
+        return self._path(f"merge/L{level}/{_part_file(index)}.json")
+
+    @property
+    def final(self) -> str:
+        return self._path("final/result.parquet")
+
+    @property
+    def final_record(self) -> str:
+        return self._path("final/result.json")
+
+    @property
+    def manifest(self) -> str:
+        return self._path("manifest.json")
+
+    @property
+    def state_db(self) -> str:
+        return self._path("state.sqlite")
+
+    def log(self, rule: str, name: str) -> str:
+        return self._path(f"logs/{rule}/{name}.log")
+
+    def node(self, level: int, index: int, n_batches: int, fan_in: int) -> tuple[str, str]:
+        """(data file, record file) of tree node ``index`` at ``level`` (0 = batch results)."""
+        if level == 0:
+            return self.result(index), self.result_record(index)
+        if level == root_level(n_batches, fan_in):
+            return self.final, self.final_record
+        return self.merge_part(level, index), self.merge_record(level, index)
+
+
+def _batch_file(batch: int | str) -> str:
+    # Snakemake wildcards arrive as the zero-padded string already.
+    return batch_name(batch) if isinstance(batch, int) else f"batch-{batch}"
+
+
+def _part_file(index: int | str) -> str:
+    return part_name(index) if isinstance(index, int) else f"part-{index}"

@@ -1,0 +1,285 @@
+"""Partition: read the item source, cut it into batches, write batch files and ``plan.json``.
+
+Three ways to cut, all deterministic (the same input and config give byte-identical batch
+files, so a rerun reuses them):
+
+- by count: consecutive runs of at most ``max_items`` items;
+- by bytes: consecutive runs whose estimated size stays under ``max_bytes`` (and
+  ``max_items``);
+- by weight: ``ceil(items / max_items)`` batches filled greedily, heaviest item first, into
+  the lightest batch that still has room (LPT scheduling), so a skewed input still gives
+  batches of about equal total weight. Items keep their input order inside a batch.
+
+The batch folder is built under a temporary name and renamed into place, so a failed
+partition leaves nothing behind that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import heapq
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from orchestrator_ext.config import BatchingSpec, InputSpec, RunConfig
+from orchestrator_ext.errors import InputError
+from orchestrator_ext.layout import (
+    TASK_PARTITION,
+    all_task_ids,
+    batch_name,
+    level_sizes,
+    task_id_for_batch,
+)
+from orchestrator_ext.state import StateStore
+from orchestrator_ext.storage import file_facts
+
+logger = logging.getLogger(__name__)
+
+PLAN_VERSION = 1
+_BATCH_COLUMN = "__orchestrator_batch"
+_ROW_COLUMN = "__orchestrator_row"
+
+
+def list_input_files(uri: str) -> list[str]:
+    """Local files named by ``uri`` (a path or a glob), sorted by name.
+
+    Raises:
+        InputError: nothing matches.
+    """
+    if glob.has_magic(uri):
+        files = sorted(p for p in glob.glob(uri, recursive=True) if os.path.isfile(p))
+        if not files:
+            raise InputError(f"input.uri matches no file: {uri}")
+        return files
+    if not os.path.isfile(uri):
+        raise InputError(f"input file not found: {uri}")
+    return [uri]
+
+
+def _read_one(path: str, fmt: str) -> pl.DataFrame:
+    try:
+        if fmt == "parquet":
+            return pl.read_parquet(path)
+        if fmt == "csv":
+            return pl.read_csv(path)
+        if fmt == "jsonl":
+            return pl.read_ndjson(path)
+    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise InputError(f"cannot read {path} as {fmt}: {detail}") from None
+    raise InputError(f"unknown input format {fmt!r}; expected parquet, csv, jsonl or s3-keys")
+
+
+def read_items(spec: InputSpec) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+    """Read every item of the source and check the id column.
+
+    Returns:
+        The items in input order, and a listing of the files read (path, bytes).
+
+    Raises:
+        InputError: missing files, unreadable files, no id column, null or duplicate ids.
+    """
+    if spec.format == "s3-keys" or spec.uri.startswith("s3://"):
+        from orchestrator_ext.s3_input import read_s3_items
+
+        return read_s3_items(spec)
+    files = list_input_files(spec.uri)
+    frames = [_read_one(path, spec.format) for path in files]
+    try:
+        items = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
+    except pl.exceptions.PolarsError as exc:
+        raise InputError(f"input files do not share compatible columns: {exc}") from None
+    check_ids(items, spec.id_column, spec.uri)
+    listing = [{"path": path, "bytes": os.path.getsize(path)} for path in files]
+    return items, listing
+
+
+def check_ids(items: pl.DataFrame, id_column: str, source: str) -> None:
+    """Refuse a source without the id column, or with null or duplicate ids.
+
+    Raises:
+        InputError: naming the column and (for duplicates) a few offending ids.
+    """
+    if id_column not in items.columns:
+        shown = ", ".join(items.columns[:10]) or "none"
+        raise InputError(
+            f"id column {id_column!r} not found in {source} (columns: {shown}); set input.id_column"
+        )
+    ids = items.get_column(id_column)
+    if ids.null_count():
+        raise InputError(f"id column {id_column!r} in {source} has {ids.null_count()} null ids")
+    duplicated = ids.filter(ids.is_duplicated()).unique(maintain_order=True)
+    if len(duplicated):
+        sample = ", ".join(str(v) for v in duplicated.head(5).to_list())
+        raise InputError(
+            f"id column {id_column!r} in {source} has {len(duplicated)} duplicate ids "
+            f"(e.g. {sample}); every item needs a unique id"
+        )
+
+
+def estimate_row_bytes(items: pl.DataFrame) -> list[int]:
+    """Estimated in-memory bytes of every row: string/binary lengths plus fixed widths."""
+    sizes = pl.Series("bytes", [0] * items.height, dtype=pl.Int64)
+    other_columns = []
+    for name, dtype in items.schema.items():
+        column = items.get_column(name)
+        if dtype == pl.String:
+            sizes = sizes + column.str.len_bytes().fill_null(0).cast(pl.Int64)
+        elif dtype == pl.Binary:
+            sizes = sizes + column.bin.size().fill_null(0).cast(pl.Int64)
+        elif dtype.is_numeric() or dtype == pl.Boolean or dtype.is_temporal():
+            sizes = sizes + 8
+        else:
+            other_columns.append(name)
+    if other_columns and items.height:
+        # Nested columns: spread their estimated size evenly over the rows.
+        sizes = sizes + items.select(other_columns).estimated_size() // items.height
+    return sizes.to_list()
+
+
+def assign_batches(items: pl.DataFrame, batching: BatchingSpec) -> list[int]:
+    """Batch number of every item, in input order. Pure and deterministic.
+
+    Raises:
+        InputError: the weight column is missing, not numeric, null or negative.
+    """
+    n = items.height
+    if batching.weight_column:
+        return _assign_by_weight(items, batching.weight_column, batching.max_items)
+    if batching.max_bytes is None:
+        return [i // batching.max_items for i in range(n)]
+    assignment, batch, count, size = [], 0, 0, 0
+    for row_bytes in estimate_row_bytes(items):
+        if count and (count >= batching.max_items or size + row_bytes > batching.max_bytes):
+            batch, count, size = batch + 1, 0, 0
+        assignment.append(batch)
+        count += 1
+        size += row_bytes
+    return assignment
+
+
+def _assign_by_weight(items: pl.DataFrame, column: str, max_items: int) -> list[int]:
+    if column not in items.columns:
+        raise InputError(f"batching.weight_column {column!r} is not a column of the input")
+    weights = items.get_column(column)
+    if not weights.dtype.is_numeric():
+        raise InputError(f"batching.weight_column {column!r} must be numeric, got {weights.dtype}")
+    if weights.null_count() or (weights < 0).any():
+        raise InputError(f"batching.weight_column {column!r} must be non-negative and not null")
+    n = items.height
+    n_batches = max(1, -(-n // max_items))
+    # Heaviest first; ties by input position, so the result never depends on sort stability.
+    weight_list = weights.to_list()
+    order = sorted(range(n), key=lambda i: (-weight_list[i], i))
+    heap = [(0.0, b) for b in range(n_batches)]
+    counts = [0] * n_batches
+    assignment = [0] * n
+    for i in order:
+        total, b = heapq.heappop(heap)
+        assignment[i] = b
+        counts[b] += 1
+        if counts[b] < max_items:
+            heapq.heappush(heap, (total + weight_list[i], b))
+    return assignment
+
+
+def write_batches(
+    items: pl.DataFrame, assignment: list[int], out_dir: Path
+) -> list[dict[str, Any]]:
+    """Write one Parquet file per batch into ``out_dir``; return facts about each."""
+    tagged = items.with_columns(pl.Series(_BATCH_COLUMN, assignment, dtype=pl.Int64))
+    groups = tagged.partition_by(_BATCH_COLUMN, maintain_order=True, as_dict=True)
+    batches = []
+    for (batch,), frame in sorted(groups.items()):
+        path = out_dir / f"{batch_name(batch)}.parquet"
+        frame.drop(_BATCH_COLUMN).write_parquet(path, compression="zstd", statistics=True)
+        batches.append({"batch_id": f"{batch:05d}", "items": frame.height, **file_facts(path)})
+    return batches
+
+
+def build_plan(
+    config: RunConfig, listing: list[dict[str, Any]], n_items: int, batches: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The content of ``plan.json`` (no timestamps: the same input gives the same plan)."""
+    listing_text = json.dumps(listing, sort_keys=True, separators=(",", ":"))
+    return {
+        "plan_version": PLAN_VERSION,
+        "run_id": config.run_id,
+        "config_sha256": config.sha256,
+        "input": {
+            "uri": config.input.uri,
+            "format": config.input.format,
+            "id_column": config.input.id_column,
+            "files": listing,
+            "listing_sha256": hashlib.sha256(listing_text.encode()).hexdigest(),
+        },
+        "items": n_items,
+        "batching": {
+            "max_items": config.batching.max_items,
+            "max_bytes": config.batching.max_bytes,
+            "weight_column": config.batching.weight_column,
+        },
+        "n_batches": len(batches),
+        "fan_in": config.merge.fan_in,
+        "levels": level_sizes(len(batches), config.merge.fan_in),
+        "batches": batches,
+    }
+
+
+def partition_items(
+    config: RunConfig, store: StateStore, batches_dir: str | os.PathLike[str]
+) -> dict[str, Any]:
+    """Read the items, cut them into batches, and publish ``batches_dir`` atomically.
+
+    Registers every task of the run (batches, merge nodes, final, manifest) as PENDING in
+    the state store, so progress is known from the start.
+
+    Args:
+        config: the run config.
+        store: the run's state store.
+        batches_dir: the folder to create (``{run}/batches``); it holds ``plan.json`` and
+            ``batch-NNNNN.parquet`` files once this returns.
+
+    Returns:
+        The plan (also written to ``plan.json``).
+
+    Raises:
+        InputError: the source is missing, unreadable or has bad ids; nothing is written.
+    """
+    with store.attempt_scope(TASK_PARTITION) as lease:
+        items, listing = read_items(config.input)
+        if items.height == 0:
+            raise InputError(f"input {config.input.uri} has no items")
+        assignment = assign_batches(items, config.batching)
+        final = Path(batches_dir)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        try:
+            batches = write_batches(items, assignment, tmp)
+            plan = build_plan(config, listing, items.height, batches)
+            (tmp / "plan.json").write_text(json.dumps(plan, indent=2, sort_keys=True) + "\n")
+            store.ensure_tasks(
+                all_task_ids(len(batches), config.merge.fan_in),
+                items={task_id_for_batch(i): b["items"] for i, b in enumerate(batches)},
+            )
+            store.succeed(lease, plan["input"]["listing_sha256"], items=items.height)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("partitioned %d items into %d batches", items.height, len(batches))
+    return plan
+
+
+def read_plan(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read ``plan.json``."""
+    return json.loads(Path(path).read_text())

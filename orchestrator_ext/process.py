@@ -1,0 +1,256 @@
+"""Process one batch: run the user's job over it, dead-letter what fails, publish the result.
+
+What happens to a failure depends on its category (see ``errors``):
+
+- transient errors are retried in place with exponential backoff and full jitter;
+- resource errors (MemoryError) fail the attempt as retryable, so Snakemake resubmits it
+  with escalated resources;
+- permanent errors dead-letter the item (item mode), or, in batch mode, make the framework
+  bisect the batch until the failing items are isolated and dead-lettered while the rest is
+  kept.
+
+A batch whose dead-lettered fraction exceeds ``tolerance.max_dead_letter_fraction`` fails
+permanently. The outputs (result, dead letters, record) are written under temporary names
+and published only after the state store accepted the commit, so an attempt that lost the
+lease to a newer one never publishes anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from orchestrator_ext.config import RetrySpec, RunConfig
+from orchestrator_ext.errors import BatchFailed, Category, classify, describe
+from orchestrator_ext.job import JobContext, job_context, load_callable
+from orchestrator_ext.layout import task_id_for_batch
+from orchestrator_ext.state import StateStore, current_host
+from orchestrator_ext.storage import atomic_path, file_facts, verify_checksum, write_json
+
+logger = logging.getLogger(__name__)
+
+DEAD_LETTER_COLUMNS = ["category", "error_type", "message", "attempt"]
+
+
+@dataclass
+class BatchOutcome:
+    """What the job made of one batch."""
+
+    result: pl.DataFrame
+    dead: list[dict[str, Any]] = field(default_factory=list)
+
+
+def transient_retrying(spec: RetrySpec) -> Retrying:
+    """A tenacity policy retrying transient errors only, with full-jitter backoff."""
+
+    def _log(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        logger.info("transient error, retry %d: %s", state.attempt_number, describe(exc))
+
+    return Retrying(
+        retry=retry_if_exception(lambda exc: classify(exc) is Category.TRANSIENT),
+        stop=stop_after_attempt(spec.max_attempts),
+        wait=wait_random_exponential(multiplier=spec.initial_delay_s, max=spec.max_delay_s),
+        before_sleep=_log,
+        reraise=True,
+    )
+
+
+def _dead_letter(item_id: Any, exc: BaseException, attempt: int) -> dict[str, Any]:
+    # A transient error that outlived its retries is dead-lettered as such: a redrive may fix it.
+    return {
+        "id": item_id,
+        "category": str(classify(exc)),
+        "error_type": type(exc).__name__,
+        "message": describe(exc)[:1000],
+        "attempt": attempt,
+    }
+
+
+def run_item_mode(
+    items: pl.DataFrame, fn: Callable[..., Any], ctx: JobContext, id_column: str, retry: RetrySpec
+) -> BatchOutcome:
+    """Call ``fn`` per item; collect returned rows and dead-letter permanent failures.
+
+    Raises:
+        MemoryError: a resource error aborts the batch (it is retried with more memory).
+    """
+    rows: list[dict[str, Any]] = []
+    dead: list[dict[str, Any]] = []
+    policy = transient_retrying(retry)
+    for item in items.iter_rows(named=True):
+        try:
+            produced = policy(fn, item, ctx)
+        except Exception as exc:
+            if classify(exc) is Category.RESOURCE:
+                raise
+            dead.append(_dead_letter(item[id_column], exc, ctx.attempt))
+            continue
+        if produced is None:
+            continue
+        rows.extend(produced if isinstance(produced, list) else [produced])
+    result = pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
+    return BatchOutcome(result, dead)
+
+
+def run_batch_mode(
+    items: pl.DataFrame, fn: Callable[..., Any], ctx: JobContext, id_column: str, retry: RetrySpec
+) -> BatchOutcome:
+    """Call ``fn`` on the whole batch; on a permanent error, bisect to isolate bad items."""
+    policy = transient_retrying(retry)
+    parts: list[pl.DataFrame] = []
+    dead: list[dict[str, Any]] = []
+    pending = [items]
+    while pending:
+        chunk = pending.pop()
+        try:
+            out = policy(fn, chunk, ctx)
+        except Exception as exc:
+            if classify(exc) is Category.RESOURCE:
+                raise
+            if chunk.height == 1:
+                dead.append(_dead_letter(chunk.item(0, id_column), exc, ctx.attempt))
+                continue
+            logger.info("bisecting %d items after %s", chunk.height, describe(exc))
+            half = chunk.height // 2
+            # Pushed in reverse so the first half is processed first: output stays in order.
+            pending += [chunk.slice(half), chunk.slice(0, half)]
+            continue
+        if not isinstance(out, pl.DataFrame):
+            raise TypeError(f"job returned {type(out).__name__}, expected a polars DataFrame")
+        parts.append(out)
+    result = pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame()
+    return BatchOutcome(result, dead)
+
+
+def dead_letter_frame(dead: list[dict[str, Any]], id_dtype: pl.DataType) -> pl.DataFrame:
+    """The dead-letter table: id (the input's id type), category, error type, message, attempt."""
+    schema = {
+        "id": id_dtype,
+        "category": pl.String,
+        "error_type": pl.String,
+        "message": pl.String,
+        "attempt": pl.Int64,
+    }
+    return pl.DataFrame(dead, schema=schema)
+
+
+def process_batch(
+    config: RunConfig,
+    store: StateStore,
+    batch: str,
+    batch_file: str,
+    batch_sha256: str | None,
+    result_file: str,
+    dead_letter_file: str,
+    record_file: str,
+    uris: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run the job over one batch and publish its result, dead letters and record.
+
+    Args:
+        config: the run config.
+        store: the run's state store.
+        batch: zero-padded batch number.
+        batch_file: the batch's items (Parquet).
+        batch_sha256: checksum from the plan; the batch file is refused if it differs.
+        result_file, dead_letter_file, record_file: where to publish.
+        uris: logical locations to record (e.g. ``s3://``) instead of the local paths.
+
+    Returns:
+        The batch record.
+
+    Raises:
+        BatchFailed: too many items were dead-lettered (permanent).
+        StateConflict: another attempt holds the batch; nothing was published.
+    """
+    uris = uris or {}
+    host = current_host()
+    with store.attempt_scope(task_id_for_batch(int(batch)), host) as lease:
+        started = time.monotonic()
+        if batch_sha256:
+            verify_checksum(batch_file, batch_sha256, f"batch {batch} input")
+        items = pl.read_parquet(batch_file)
+        outcome = _run_job(config, items, batch, lease.attempt)
+        n_items, n_dead = items.height, len(outcome.dead)
+        check_tolerance(batch, n_items, outcome.dead, config.max_dead_letter_fraction)
+        dead = dead_letter_frame(outcome.dead, items.schema[config.input.id_column])
+        # Context managers exit in reverse, so the record is renamed into place last.
+        with (
+            atomic_path(record_file) as tmp_record,
+            atomic_path(dead_letter_file) as tmp_dead,
+            atomic_path(result_file) as tmp_result,
+        ):
+            outcome.result.write_parquet(tmp_result, compression="zstd", statistics=True)
+            dead.write_parquet(tmp_dead, compression="zstd", statistics=True)
+            facts = file_facts(tmp_result)
+            record = {
+                "batch_id": batch,
+                "items": n_items,
+                "items_processed": n_items - n_dead,
+                "items_dead_lettered": n_dead,
+                "dead_letter_by_category": _count_by(outcome.dead, "category"),
+                "uri": uris.get("result", result_file),
+                "rows": outcome.result.height,
+                **facts,
+                "dead_letter": {
+                    "uri": uris.get("dead_letter", dead_letter_file),
+                    **file_facts(tmp_dead),
+                },
+                "attempts": lease.attempt,
+                "duration_s": round(time.monotonic() - started, 3),
+                "host": host,
+                "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            }
+            write_json(tmp_record, record)
+            # Commit before publishing: a lost race raises here and the temporaries vanish.
+            store.succeed(
+                lease, facts["sha256"], items=n_items, items_done=n_items, items_dead=n_dead
+            )
+    logger.info("batch %s: %d items, %d dead, %d rows", batch, n_items, n_dead, record["rows"])
+    return record
+
+
+def _run_job(config: RunConfig, items: pl.DataFrame, batch: str, attempt: int) -> BatchOutcome:
+    fn = load_callable(config.job.function)
+    with job_context(config.run_id, batch, attempt, config.job.params) as ctx:
+        runner = run_item_mode if config.job.mode == "item" else run_batch_mode
+        return runner(items, fn, ctx, config.input.id_column, config.retry)
+
+
+def check_tolerance(
+    batch: str, n_items: int, dead: list[dict[str, Any]], max_fraction: float
+) -> None:
+    """Fail the batch when its dead-lettered fraction exceeds the tolerance.
+
+    Raises:
+        BatchFailed: naming the counts, the tolerance and the first failure.
+    """
+    if not n_items or len(dead) / n_items <= max_fraction:
+        return
+    first = dead[0]
+    raise BatchFailed(
+        f"batch {batch}: {len(dead)} of {n_items} items failed "
+        f"({len(dead) / n_items:.1%} > tolerance {max_fraction:.1%}); "
+        f"first: id {first['id']}: {first['message']}"
+    )
+
+
+def _count_by(rows: list[dict[str, Any]], key: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row[key]] = counts.get(row[key], 0) + 1
+    return dict(sorted(counts.items()))

@@ -1,0 +1,184 @@
+"""SQLite state backend: one file per run (``state.sqlite`` in the run folder).
+
+Many local jobs write at once, so the database runs in WAL mode with a generous busy
+timeout, and every write is one short transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from orchestrator_ext.errors import StateConflict, StateStoreError
+from orchestrator_ext.state import StateStore, TaskRecord, Transition
+
+_COLUMNS = [
+    "task_id", "kind", "status", "attempt", "version", "host", "slurm_job_id", "started_at",
+    "finished_at", "updated_at", "items", "items_done", "items_dead", "output_sha256",
+    "error_category", "error_type", "error_message",
+]  # fmt: skip
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    run_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    version INTEGER NOT NULL DEFAULT 0,
+    host TEXT, slurm_job_id TEXT,
+    started_at TEXT, finished_at TEXT, updated_at TEXT,
+    items INTEGER, items_done INTEGER, items_dead INTEGER,
+    output_sha256 TEXT, error_category TEXT, error_type TEXT, error_message TEXT,
+    PRIMARY KEY (run_id, task_id)
+);
+CREATE TABLE IF NOT EXISTS transitions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL, task_id TEXT NOT NULL,
+    from_status TEXT, to_status TEXT NOT NULL, attempt INTEGER NOT NULL,
+    at TEXT NOT NULL, host TEXT, slurm_job_id TEXT, detail TEXT
+);
+CREATE INDEX IF NOT EXISTS transitions_task ON transitions (run_id, task_id);
+-- The audit log is append-only: refuse edits and deletions at the database level.
+CREATE TRIGGER IF NOT EXISTS transitions_no_update BEFORE UPDATE ON transitions
+BEGIN SELECT RAISE(ABORT, 'transitions are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS transitions_no_delete BEFORE DELETE ON transitions
+BEGIN SELECT RAISE(ABORT, 'transitions are append-only'); END;
+"""
+
+
+class SqliteStateStore(StateStore):
+    """State of one run in a SQLite file."""
+
+    def __init__(self, path: str | Path, run_id: str, create: bool = True) -> None:
+        self.path = Path(path)
+        self.run_id = run_id
+        if not create and not self.path.exists():
+            raise StateStoreError(
+                f"no state store at {self.path}: the run has not started (or ran elsewhere)"
+            )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StateStoreError(f"cannot open state store {self.path}: {exc}") from None
+        self._db.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _append(self, transition: Transition) -> None:
+        row = asdict(transition)
+        self._db.execute(
+            "INSERT INTO transitions (run_id, task_id, from_status, to_status, attempt, at, "
+            "host, slurm_job_id, detail) VALUES (?,?,?,?,?,?,?,?,?)",
+            (self.run_id, *(row[k] for k in (
+                "task_id", "from_status", "to_status", "attempt", "at", "host",
+                "slurm_job_id", "detail",
+            ))),
+        )  # fmt: skip
+
+    def ensure_tasks(self, task_ids: list[str], items: dict[str, int] | None = None) -> None:
+        from orchestrator_ext.state import TaskStatus, now_iso, task_kind
+
+        items = items or {}
+        at = now_iso()
+        existing = {r["task_id"] for r in self._db.execute(
+            "SELECT task_id FROM tasks WHERE run_id = ?", (self.run_id,)
+        )}  # fmt: skip
+        new = [t for t in task_ids if t not in existing]
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO tasks (run_id, task_id, kind, status, items, updated_at) "
+                "VALUES (?,?,?,?,?,?)",
+                [(self.run_id, t, task_kind(t), str(TaskStatus.PENDING), items.get(t), at)
+                 for t in new],
+            )  # fmt: skip
+            self._db.executemany(
+                "INSERT INTO transitions (run_id, task_id, from_status, to_status, attempt, at) "
+                "VALUES (?,?,NULL,'PENDING',0,?)",
+                [(self.run_id, t, at) for t in new],
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _insert_if_absent(self, record: TaskRecord, transition: Transition) -> bool:
+        from orchestrator_ext.state import now_iso
+
+        row = record.to_dict()
+        row["updated_at"] = now_iso()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = self._db.execute(
+                f"INSERT OR IGNORE INTO tasks (run_id, {', '.join(_COLUMNS)}) "
+                f"VALUES (?, {', '.join('?' * len(_COLUMNS))})",
+                (self.run_id, *(row[c] for c in _COLUMNS)),
+            )
+            inserted = cursor.rowcount == 1
+            if inserted:
+                self._append(transition)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return inserted
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        row = self._db.execute(
+            "SELECT * FROM tasks WHERE run_id = ? AND task_id = ?", (self.run_id, task_id)
+        ).fetchone()
+        return TaskRecord.from_record(dict(row)) if row else None
+
+    def tasks(self) -> list[TaskRecord]:
+        rows = self._db.execute(
+            "SELECT * FROM tasks WHERE run_id = ? ORDER BY task_id", (self.run_id,)
+        ).fetchall()
+        return [TaskRecord.from_record(dict(r)) for r in rows]
+
+    def transitions(self, task_id: str | None = None) -> list[Transition]:
+        query = "SELECT * FROM transitions WHERE run_id = ?"
+        args: tuple[Any, ...] = (self.run_id,)
+        if task_id is not None:
+            query += " AND task_id = ?"
+            args += (task_id,)
+        rows = self._db.execute(query + " ORDER BY seq", args).fetchall()
+        fields = Transition.__dataclass_fields__
+        return [Transition(**{k: r[k] for k in fields}) for r in rows]
+
+    def _update(
+        self,
+        task_id: str,
+        expected_version: int,
+        changes: dict[str, Any],
+        transition: Transition | None,
+    ) -> None:
+        from orchestrator_ext.state import now_iso
+
+        changes = {**changes, "updated_at": now_iso()}
+        assignments = ", ".join(f"{k} = ?" for k in changes)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = self._db.execute(
+                f"UPDATE tasks SET {assignments}, version = version + 1 "
+                "WHERE run_id = ? AND task_id = ? AND version = ?",
+                (*changes.values(), self.run_id, task_id, expected_version),
+            )
+            if cursor.rowcount != 1:
+                raise StateConflict(
+                    f"task {task_id}: state changed underneath this writer (expected version "
+                    f"{expected_version}); re-read before writing"
+                )
+            if transition is not None:
+                self._append(transition)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise

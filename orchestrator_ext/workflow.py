@@ -1,0 +1,62 @@
+"""What the Snakefile needs at parse time, and nothing heavier.
+
+Every cluster job re-parses the Snakefile, so this module imports no data libraries and does
+no I/O beyond reading config and, once the partition checkpoint has finished, ``plan.json``
+(cached per file version, since input functions ask for it once per job).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+from orchestrator_ext.config import RunConfig, load_config
+from orchestrator_ext.layout import RunLayout, children, level_sizes, root_level
+
+__all__ = ["PlanShape", "RunConfig", "RunLayout", "load_config", "read_plan_shape"]
+
+
+@dataclass(frozen=True)
+class PlanShape:
+    """The facts of a plan the DAG depends on."""
+
+    n_batches: int
+    fan_in: int
+    batch_sha256: tuple[str, ...]
+
+    @property
+    def batch_ids(self) -> list[str]:
+        """Zero-padded ids of all batches."""
+        return [f"{i:05d}" for i in range(self.n_batches)]
+
+    @property
+    def root_level(self) -> int:
+        return root_level(self.n_batches, self.fan_in)
+
+    def inner_nodes(self) -> list[tuple[int, int]]:
+        """(level, index) of every merge node below the root."""
+        sizes = level_sizes(self.n_batches, self.fan_in)
+        return [(level, i) for level in range(1, len(sizes) - 1) for i in range(sizes[level])]
+
+    def children(self, level: int, index: int) -> range:
+        """Child indices (in level - 1) of a node."""
+        return children(level, index, self.n_batches, self.fan_in)
+
+
+def read_plan_shape(plan_path: str) -> PlanShape:
+    """Read ``plan.json`` once per file version."""
+    stat = os.stat(plan_path)
+    return _read_plan_shape(plan_path, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=8)
+def _read_plan_shape(plan_path: str, _mtime_ns: int, _size: int) -> PlanShape:
+    with open(plan_path) as handle:
+        plan = json.load(handle)
+    return PlanShape(
+        n_batches=plan["n_batches"],
+        fan_in=plan["fan_in"],
+        batch_sha256=tuple(b["sha256"] for b in plan["batches"]),
+    )

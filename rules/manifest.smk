@@ -1,0 +1,12 @@
+# The manifest: every output with its checksum and the item-conservation equation.
+
+
+rule write_manifest:
+    input:
+        unpack(get_manifest_inputs),
+    output:
+        manifest=LAYOUT.manifest,
+    log:
+        LAYOUT.log("write_manifest", "manifest"),
+    script:
+        "../scripts/write_manifest.py"

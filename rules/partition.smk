@@ -1,0 +1,15 @@
+# Partition the items into batches. A checkpoint: the DAG below it depends on the plan.
+
+
+checkpoint partition_items:
+    output:
+        batches=directory(LAYOUT.batches_dir),
+    params:
+        # Changes to these re-trigger partitioning (Snakemake's params rerun trigger).
+        source=RUN.raw["input"],
+        batching=RUN.raw["batching"],
+        fan_in=RUN.merge.fan_in,
+    log:
+        LAYOUT.log("partition_items", "partition"),
+    script:
+        "../scripts/partition_items.py"

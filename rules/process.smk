@@ -1,0 +1,17 @@
+# Run the job over one batch; publishes its result, dead letters and record.
+
+
+rule process_batch:
+    input:
+        batch=LAYOUT.batch("{batch}"),
+    output:
+        result=LAYOUT.result("{batch}"),
+        dead_letter=LAYOUT.dead_letter("{batch}"),
+        record=LAYOUT.result_record("{batch}"),
+    params:
+        batch_sha256=get_batch_sha256,
+        job=RUN.raw["job"],
+    log:
+        LAYOUT.log("process_batch", "{batch}"),
+    script:
+        "../scripts/process_batch.py"

@@ -1,0 +1,21 @@
+"""Entry point of rules merge_level and merge_final: merge one node of the tree."""
+
+from orchestrator_ext.jobstep import run_step
+from orchestrator_ext.layout import TASK_FINAL, task_id_for_merge
+from orchestrator_ext.merge import merge_node
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
+is_root = sm.rule == "merge_final"
+level, index = int(sm.params.level), int(sm.wildcards.get("part", 0))
+run_step(
+    sm.log[0],
+    merge_node,
+    sm.config,
+    task_id=TASK_FINAL if is_root else task_id_for_merge(level, index),
+    level=level,
+    index=index,
+    children=list(zip(sm.input.data, sm.input.records, strict=True)),
+    output_file=sm.output.part,
+    record_file=sm.output.record,
+    is_root=is_root,
+)
