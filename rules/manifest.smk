@@ -8,5 +8,7 @@ rule write_manifest:
         manifest=LAYOUT.manifest,
     log:
         LAYOUT.log("write_manifest", "manifest"),
+    conda:
+        "../environment.yml"
     script:
         "../scripts/write_manifest.py"

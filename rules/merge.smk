@@ -7,11 +7,13 @@ rule merge_level:
     output:
         part=LAYOUT.merge_part("{level}", "{part}"),
         record=LAYOUT.merge_record("{level}", "{part}"),
+    log:
+        LAYOUT.log("merge_level", "L{level}-{part}"),
+    conda:
+        "../environment.yml"
     params:
         level=lambda wildcards: int(wildcards.level),
         mode=RUN.merge.mode,
-    log:
-        LAYOUT.log("merge_level", "L{level}-{part}"),
     script:
         "../scripts/merge_node.py"
 
@@ -22,11 +24,13 @@ rule merge_final:
     output:
         part=LAYOUT.final,
         record=LAYOUT.final_record,
+    log:
+        LAYOUT.log("merge_final", "final"),
+    conda:
+        "../environment.yml"
     params:
         level=lambda wildcards: get_plan().root_level,
         mode=RUN.merge.mode,
         finalize=RUN.job.finalize,
-    log:
-        LAYOUT.log("merge_final", "final"),
     script:
         "../scripts/merge_node.py"

@@ -4,12 +4,14 @@
 checkpoint partition_items:
     output:
         batches=directory(LAYOUT.batches_dir),
+    log:
+        LAYOUT.log("partition_items", "partition"),
+    conda:
+        "../environment.yml"
     params:
         # Changes to these re-trigger partitioning (Snakemake's params rerun trigger).
         source=RUN.raw["input"],
         batching=RUN.raw["batching"],
         fan_in=RUN.merge.fan_in,
-    log:
-        LAYOUT.log("partition_items", "partition"),
     script:
         "../scripts/partition_items.py"

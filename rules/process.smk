@@ -8,10 +8,12 @@ rule process_batch:
         result=LAYOUT.result("{batch}"),
         dead_letter=LAYOUT.dead_letter("{batch}"),
         record=LAYOUT.result_record("{batch}"),
+    log:
+        LAYOUT.log("process_batch", "{batch}"),
+    conda:
+        "../environment.yml"
     params:
         batch_sha256=get_batch_sha256,
         job=RUN.raw["job"],
-    log:
-        LAYOUT.log("process_batch", "{batch}"),
     script:
         "../scripts/process_batch.py"
