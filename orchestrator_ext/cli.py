@@ -79,7 +79,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     for task in tasks:
         kind = by_kind.setdefault(task.kind, {})
         kind[str(task.status)] = kind.get(str(task.status), 0) + 1
-    summary = {"run_id": config.run_id, "tasks": len(tasks), "by_status": counts, "by_kind": by_kind}
+    summary = {
+        "run_id": config.run_id,
+        "tasks": len(tasks),
+        "by_status": counts,
+        "by_kind": by_kind,
+    }
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
         return 0
@@ -151,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify = with_config(
         manifest_sub.add_parser(
             "verify",
-            help="re-hash every file the manifest lists; exit 1 naming any mismatch or missing file",
+            help="re-hash every file the manifest lists; exit 1 naming any mismatch or "
+            "missing file",
         )
     )
     verify.set_defaults(func=cmd_manifest_verify)

@@ -130,7 +130,9 @@ def validate_config(raw: dict[str, Any]) -> dict[str, Any]:
     try:
         validate(data, str(SCHEMA_PATH), set_default=True)
     except WorkflowError as exc:
-        cause = next((a for a in exc.args if isinstance(a, Exception)), exc)
+        # Snakemake folds the jsonschema error into its message text; the error itself (with
+        # the key's path) is the exception being handled when validate() raised.
+        cause = exc.__context__ if exc.__context__ is not None else exc
         raise ConfigError(_schema_error_message(cause)) from None
     _check_consistency(data)
     return data

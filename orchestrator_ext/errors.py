@@ -36,7 +36,7 @@ class OrchestratorError(WorkflowError):
 
     def __str__(self) -> str:
         # WorkflowError formats its args with line breaks and rule info; ours are one line.
-        return str(self.args[0]) if self.args else self.__class__.__name__
+        return str(self.args[0]) if self.args and self.args[0] else self.__class__.__name__
 
 
 class ConfigError(OrchestratorError):

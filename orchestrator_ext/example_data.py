@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-WORDS = (
-    "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho "
-    "sigma tau upsilon phi chi psi omega"
-).split()
+WORDS = [
+    "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
+    "lambda", "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon", "phi",
+    "chi", "psi", "omega",
+]  # fmt: skip
 
 
 def make_records(n_items: int, seed: int = 0, groups: int = 50) -> pl.DataFrame:

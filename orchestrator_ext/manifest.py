@@ -36,6 +36,10 @@ class ConservationError(OrchestratorError):
     """Raised when items_in differs from items_processed + items_dead_lettered."""
 
 
+class ManifestInvalid(OrchestratorError):
+    """Raised when an assembled manifest does not match the manifest schema."""
+
+
 def manifest_schema() -> dict[str, Any]:
     """The manifest's JSON schema."""
     return yaml.safe_load(SCHEMA_PATH.read_text())
@@ -57,7 +61,9 @@ def build_manifest(
     plan = read_json(plan_file)
     batches = [{k: r.get(k) for k in _BATCH_KEYS} for r in map(read_json, batch_records)]
     merges = [{k: r.get(k) for k in _MERGE_KEYS} for r in map(read_json, merge_records)]
-    final = {k: v for k, v in read_json(final_record).items() if k in ("uri", "sha256", "rows", "bytes")}
+    final = {
+        k: v for k, v in read_json(final_record).items() if k in ("uri", "sha256", "rows", "bytes")
+    }
     by_category: dict[str, int] = {}
     for record in map(read_json, batch_records):
         for category, n in record.get("dead_letter_by_category", {}).items():
@@ -86,13 +92,23 @@ def build_manifest(
         "final": final,
         "dead_letter": {"total": dead, "by_category": dict(sorted(by_category.items()))},
     }
-    jsonschema.validate(manifest, manifest_schema())
+    try:
+        jsonschema.validate(manifest, manifest_schema())
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+        raise ManifestInvalid(
+            f"manifest does not match its schema at '{where}': {exc.message}"
+        ) from None
     return manifest
 
 
 def listed_files(manifest: dict[str, Any]) -> list[tuple[str, str, str]]:
     """Every file the manifest lists as ``(what, uri, sha256)``."""
-    files = [("plan", manifest["plan"]["uri"], manifest["plan"]["sha256"])] if "plan" in manifest else []
+    files = (
+        [("plan", manifest["plan"]["uri"], manifest["plan"]["sha256"])]
+        if "plan" in manifest
+        else []
+    )
     for batch in manifest["batches"]:
         files.append((f"batch {batch['batch_id']} result", batch["uri"], batch["sha256"]))
         dead = batch["dead_letter"]
@@ -126,7 +142,9 @@ def verify_manifest(
             problems.append(f"missing: {uri} ({what})")
             continue
         if actual != expected:
-            problems.append(f"checksum mismatch: {uri} ({what}): manifest {expected}, file {actual}")
+            problems.append(
+                f"checksum mismatch: {uri} ({what}): manifest {expected}, file {actual}"
+            )
     return problems
 
 

@@ -119,7 +119,9 @@ def run_batch_mode(
         try:
             out = policy(fn, chunk, ctx)
         except Exception as exc:
-            if classify(exc) is Category.RESOURCE:
+            # Only a permanent error points at bad items; a transient one that outlived its
+            # retries (or a resource error) fails the attempt so that it is retried whole.
+            if classify(exc) is not Category.PERMANENT:
                 raise
             if chunk.height == 1:
                 dead.append(_dead_letter(chunk.item(0, id_column), exc, ctx.attempt))

@@ -43,16 +43,28 @@ def get_final_inputs(wildcards):
 
 
 def get_manifest_inputs(wildcards):
+    """Every file the manifest lists, so that a deleted one is rebuilt with its merge path."""
     plan = get_plan()
+    nodes = plan.inner_nodes()
     return {
         "plan": LAYOUT.plan,
+        "results": [LAYOUT.result(b) for b in plan.batch_ids],
         "batch_records": [LAYOUT.result_record(b) for b in plan.batch_ids],
         "dead_letters": [LAYOUT.dead_letter(b) for b in plan.batch_ids],
-        "merge_records": [LAYOUT.merge_record(l, i) for l, i in plan.inner_nodes()],
+        "merge_parts": [LAYOUT.merge_part(l, i) for l, i in nodes],
+        "merge_records": [LAYOUT.merge_record(l, i) for l, i in nodes],
         "final": LAYOUT.final,
         "final_record": LAYOUT.final_record,
     }
 
 
-def get_final_output():
-    return [LAYOUT.manifest, LAYOUT.final]
+def get_final_output(wildcards):
+    """The manifest and every file it lists. Naming them all as targets makes Snakemake
+    rebuild a deleted batch result (and only its merge path) even though the final result
+    is still present."""
+    inputs = get_manifest_inputs(wildcards)
+    return [LAYOUT.manifest, *(f for v in inputs.values() for f in _as_list(v))]
+
+
+def _as_list(value):
+    return value if isinstance(value, list) else [value]

@@ -32,5 +32,9 @@ def checksum_file(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
             size += len(chunk)
-    return {"id": item[ctx.params.get("id_column", "id")], "path": path, "bytes": size,
-            "sha256": digest.hexdigest()}
+    return {
+        "id": item[ctx.params.get("id_column", "id")],
+        "path": path,
+        "bytes": size,
+        "sha256": digest.hexdigest(),
+    }

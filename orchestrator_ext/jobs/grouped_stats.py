@@ -32,7 +32,9 @@ def partial(batch: pl.DataFrame, ctx: JobContext) -> pl.DataFrame:
     """Per-group count, sum, sum of squares, min and max of one batch."""
     group, value = _columns(ctx)
     if not batch.schema[value].is_integer():
-        raise PermanentError(f"grouped_stats needs an integer {value!r} column, got {batch.schema[value]}")
+        raise PermanentError(
+            f"grouped_stats needs an integer {value!r} column, got {batch.schema[value]}"
+        )
     v = pl.col(value).cast(pl.Int64)
     return (
         batch.group_by(group)

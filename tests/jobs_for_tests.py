@@ -1,0 +1,134 @@
+"""Small job functions the unit tests name in config (``jobs_for_tests:<callable>``).
+
+They are real job-API callables: each reads its behaviour from ``ctx.params`` so a test can
+steer it through the config alone, as a user would. ``run_in_process`` drives a whole small
+run without Snakemake, for tests that need real records and outputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from orchestrator_ext.config import RunConfig
+from orchestrator_ext.errors import PermanentError, TransientError
+from orchestrator_ext.job import JobContext
+from orchestrator_ext.layout import TASK_FINAL, RunLayout, children, level_sizes, task_id_for_merge
+from orchestrator_ext.manifest import write_run_manifest
+from orchestrator_ext.merge import merge_node
+from orchestrator_ext.partition import partition_items
+from orchestrator_ext.process import process_batch
+from orchestrator_ext.state import StateStore
+from orchestrator_ext.state.sqlite import SqliteStateStore
+
+
+def module_ref(name: str) -> str:
+    """``module:callable`` for a function of this module, however pytest imported it."""
+    return f"{__name__}:{name}"
+
+
+def double_batch(batch: pl.DataFrame, ctx: JobContext) -> pl.DataFrame:
+    """Batch mode: ``id`` and ``value * 2``; raises PermanentError if a bad id is present."""
+    bad = set(ctx.params.get("bad_ids", []))
+    present = sorted(bad & set(batch.get_column("id").to_list()))
+    if present:
+        raise PermanentError(f"bad ids in batch: {present}")
+    return batch.select(pl.col("id"), (pl.col("value") * 2).alias("doubled"))
+
+
+def double_batch_value_error(batch: pl.DataFrame, ctx: JobContext) -> pl.DataFrame:
+    """Like ``double_batch`` but fails with a plain ValueError (a bug-like permanent error)."""
+    bad = set(ctx.params.get("bad_ids", []))
+    if bad & set(batch.get_column("id").to_list()):
+        raise ValueError("cannot handle this item")
+    return batch.select(pl.col("id"), (pl.col("value") * 2).alias("doubled"))
+
+
+def double_item(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Item mode: ``{id, doubled}``; raises PermanentError for ids in ``params.bad_ids``."""
+    if item["id"] in set(ctx.params.get("bad_ids", [])):
+        raise PermanentError(f"item {item['id']} is bad")
+    return {"id": item["id"], "doubled": item["value"] * 2}
+
+
+def flaky_batch(batch: pl.DataFrame, ctx: JobContext) -> pl.DataFrame:
+    """Raises TransientError on the first ``params.fail_times`` calls, then succeeds.
+
+    Calls are counted in the file ``params.counter`` so the count survives across calls.
+    """
+    counter = Path(ctx.params["counter"])
+    calls = int(counter.read_text()) + 1 if counter.exists() else 1
+    counter.write_text(str(calls))
+    if calls <= int(ctx.params["fail_times"]):
+        raise TransientError(f"service throttled (call {calls})")
+    return batch.select(pl.col("id"), (pl.col("value") * 2).alias("doubled"))
+
+
+def out_of_memory(batch: pl.DataFrame, ctx: JobContext) -> pl.DataFrame:
+    """Always raises MemoryError (a resource failure)."""
+    raise MemoryError("cannot allocate 64 GiB")
+
+
+def stolen_lease(batch: pl.DataFrame, ctx: JobContext) -> pl.DataFrame:
+    """Succeeds, but first lets a newer attempt take this batch's lease in the state store.
+
+    Simulates a resubmitted attempt that started while this one was still running.
+    """
+    store = SqliteStateStore(ctx.params["state_path"], ctx.run_id)
+    try:
+        store.begin_attempt(f"batch-{ctx.batch_id}", host="other-node")
+    finally:
+        store.close()
+    return batch.select(pl.col("id"), (pl.col("value") * 2).alias("doubled"))
+
+
+def flaky_item(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Item mode: the first ``params.fail_times`` calls (over all items) raise TransientError."""
+    counter = Path(ctx.params["counter"])
+    calls = int(counter.read_text()) + 1 if counter.exists() else 1
+    counter.write_text(str(calls))
+    if calls <= int(ctx.params["fail_times"]):
+        raise TransientError(f"connection reset (call {calls})")
+    return {"id": item["id"], "doubled": item["value"] * 2}
+
+
+def fan_out_item(item: dict[str, Any], ctx: JobContext) -> list[dict[str, Any]] | None:
+    """Item mode: no row for even ids, two rows for odd ids."""
+    if item["id"] % 2 == 0:
+        return None
+    return [{"id": item["id"], "copy": 0}, {"id": item["id"], "copy": 1}]
+
+
+def run_in_process(config: RunConfig, store: StateStore) -> dict[str, Any]:
+    """Drive a whole run stage by stage in this process, as the workflow's rules do.
+
+    Returns the manifest. Unit tests use it to get real records and outputs without
+    starting Snakemake.
+    """
+    layout = RunLayout(config.run_dir)
+    plan = partition_items(config, store, layout.batches_dir)
+    n, fan_in = plan["n_batches"], plan["fan_in"]
+    for i, batch in enumerate(plan["batches"]):
+        process_batch(
+            config, store, batch["batch_id"], layout.batch(i), batch["sha256"],
+            layout.result(i), layout.dead_letter(i), layout.result_record(i),
+        )  # fmt: skip
+    sizes = level_sizes(n, fan_in)
+    top = len(sizes) - 1
+    for level in range(1, top + 1):
+        for index in range(sizes[level]):
+            kids = [layout.node(level - 1, c, n, fan_in) for c in children(level, index, n, fan_in)]
+            data, record = layout.node(level, index, n, fan_in)
+            task = TASK_FINAL if level == top else task_id_for_merge(level, index)
+            merge_node(config, store, task, level, index, kids, data, record, level == top)
+    merge_records = [
+        layout.merge_record(level, index)
+        for level in range(1, top)
+        for index in range(sizes[level])
+    ]
+    return write_run_manifest(
+        config, store, layout.plan, [layout.result_record(i) for i in range(n)],
+        merge_records, layout.final_record, layout.manifest,
+    )  # fmt: skip

@@ -1,0 +1,96 @@
+"""Unit tests for orchestrator_ext.errors: categories and one-line descriptions."""
+
+from __future__ import annotations
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+
+from orchestrator_ext.errors import (
+    BatchFailed,
+    Category,
+    ConfigError,
+    OrchestratorError,
+    PermanentError,
+    TransientError,
+    classify,
+    describe,
+)
+
+
+def client_error(code: str, status: int, operation: str = "PutItem") -> ClientError:
+    return ClientError(
+        {
+            "Error": {"Code": code, "Message": f"{code} happened"},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        },
+        operation,
+    )
+
+
+class TestClassify:
+    @pytest.mark.parametrize(
+        ("exc", "category"),
+        [
+            (MemoryError(), Category.RESOURCE),
+            (TimeoutError("timed out"), Category.TRANSIENT),
+            (ConnectionError("reset"), Category.TRANSIENT),
+            (ConnectionResetError("reset by peer"), Category.TRANSIENT),
+            (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), Category.TRANSIENT),
+            (ReadTimeoutError(endpoint_url="http://127.0.0.1:1"), Category.TRANSIENT),
+            (client_error("ThrottlingException", 400), Category.TRANSIENT),
+            (client_error("SlowDown", 503, "PutObject"), Category.TRANSIENT),
+            (client_error("SomethingOdd", 503), Category.TRANSIENT),
+            (client_error("InternalServerError", 500), Category.TRANSIENT),
+            (client_error("ValidationException", 400), Category.PERMANENT),
+            (client_error("AccessDenied", 403, "GetObject"), Category.PERMANENT),
+            (client_error("NoSuchKey", 404, "GetObject"), Category.PERMANENT),
+            (ValueError("bad value"), Category.PERMANENT),
+            (KeyError("col"), Category.PERMANENT),
+            (ZeroDivisionError(), Category.PERMANENT),
+            (FileNotFoundError("x"), Category.PERMANENT),
+            (TransientError("retry me"), Category.TRANSIENT),
+            (PermanentError("bad item"), Category.PERMANENT),
+            (BatchFailed("too many"), Category.PERMANENT),
+        ],
+        ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v),
+    )
+    def test_category(self, exc: BaseException, category: Category) -> None:
+        assert classify(exc) is category
+
+    def test_category_values(self) -> None:
+        assert [str(c) for c in Category] == ["transient", "resource", "permanent"]
+
+    def test_response_attribute_that_is_not_a_dict(self) -> None:
+        exc = RuntimeError("odd")
+        exc.response = "not a dict"  # type: ignore[attr-defined]
+        assert classify(exc) is Category.PERMANENT
+
+
+class TestDescribe:
+    def test_type_and_message(self) -> None:
+        assert describe(ValueError("bad value")) == "ValueError: bad value"
+
+    def test_folds_newlines(self) -> None:
+        assert describe(RuntimeError("line one\n  line two\n")) == "RuntimeError: line one line two"
+
+    def test_no_message(self) -> None:
+        assert describe(MemoryError()) == "MemoryError"
+
+    def test_client_error_is_one_line(self) -> None:
+        text = describe(client_error("ThrottlingException", 400))
+        assert text.startswith("ClientError: ")
+        assert "ThrottlingException" in text
+        assert "\n" not in text
+
+
+class TestOrchestratorError:
+    def test_str_is_the_message_only(self) -> None:
+        assert str(ConfigError("invalid config at 'x': y")) == "invalid config at 'x': y"
+
+    def test_no_args(self) -> None:
+        assert str(OrchestratorError()) == "OrchestratorError"
+
+    def test_is_a_workflow_error(self) -> None:
+        from snakemake_interface_common.exceptions import WorkflowError
+
+        assert issubclass(ConfigError, WorkflowError)

@@ -1,0 +1,236 @@
+"""End-to-end runs of the workflow with the local profile (real Snakemake, SQLite state)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from conftest import run_snakemake, write_config
+
+from orchestrator_ext.example_data import make_records
+from orchestrator_ext.job import JobContext
+from orchestrator_ext.jobs import grouped_stats
+from orchestrator_ext.layout import RunLayout
+from orchestrator_ext.manifest import verify_manifest
+from orchestrator_ext.state.sqlite import SqliteStateStore
+
+pytestmark = pytest.mark.workflow
+
+
+def _prepare(tmp_path: Path, config: dict[str, Any], n_items: int = 1000) -> Path:
+    make_records(n_items, seed=3).write_parquet(tmp_path / "items.parquet")
+    return write_config(tmp_path / "config.yaml", config)
+
+
+def _layout(config: dict[str, Any]) -> RunLayout:
+    return RunLayout(f"{config['output_root']}/{config['run_id']}")
+
+
+def _attempts(config: dict[str, Any]) -> dict[str, int]:
+    store = SqliteStateStore(_layout(config).state_db, config["run_id"], create=False)
+    try:
+        return {t.task_id: t.attempt for t in store.tasks()}
+    finally:
+        store.close()
+
+
+def _single_pass(items: pl.DataFrame) -> pl.DataFrame:
+    ctx = JobContext(run_id="x", batch_id="all", attempt=1, params={})
+    partials = grouped_stats.partial(items, ctx)
+    return grouped_stats.finalize(grouped_stats.combine(partials, ctx), ctx)
+
+
+class TestReduceRun:
+    def test_result_equals_single_pass_and_items_are_conserved(self, tmp_path, make_config):
+        # 1000 items, 100 per batch, fan-in 3: levels [10, 4, 2, 1] -- a three-level tree.
+        config = make_config()
+        configfile = _prepare(tmp_path, config)
+        run_snakemake(tmp_path, configfile)
+        layout = _layout(config)
+
+        final = pl.read_parquet(layout.final)
+        expected = _single_pass(pl.read_parquet(tmp_path / "items.parquet"))
+        assert final.equals(expected), "tree-merged result differs from one pass over all items"
+
+        manifest = json.loads(Path(layout.manifest).read_text())
+        assert manifest["items_in"] == 1000
+        assert manifest["items_processed"] + manifest["items_dead_lettered"] == 1000
+        assert len(manifest["batches"]) == 10
+        assert sorted((m["level"], m["index"]) for m in manifest["merges"]) == [
+            (1, 0), (1, 1), (1, 2), (1, 3), (2, 0), (2, 1),
+        ]  # fmt: skip
+        assert verify_manifest(layout.manifest) == []
+        assert set(_attempts(config).values()) == {1}
+
+    def test_second_invocation_has_nothing_to_do(self, tmp_path, make_config):
+        config = make_config(batching={"max_items": 500})
+        configfile = _prepare(tmp_path, config)
+        run_snakemake(tmp_path, configfile)
+        again = run_snakemake(tmp_path, configfile)
+        assert "Nothing to be done" in again.stdout + again.stderr
+
+    def test_batching_does_not_change_a_reduce_result(self, tmp_path, make_config):
+        config = make_config(batching={"max_items": 37}, merge={"fan_in": 2})
+        configfile = _prepare(tmp_path, config)
+        run_snakemake(tmp_path, configfile)
+        one_batch = make_config(run_id="one", batching={"max_items": 100000})
+        run_snakemake(tmp_path, write_config(tmp_path / "one.yaml", one_batch))
+        assert pl.read_parquet(_layout(config).final).equals(
+            pl.read_parquet(_layout(one_batch).final)
+        )
+
+
+class TestRecovery:
+    def test_deleted_batch_result_recomputes_only_its_merge_path(self, tmp_path, make_config):
+        config = make_config()
+        configfile = _prepare(tmp_path, config)
+        run_snakemake(tmp_path, configfile)
+        layout = _layout(config)
+        before = pl.read_parquet(layout.final)
+        Path(layout.result(4)).unlink()
+
+        run_snakemake(tmp_path, configfile)
+
+        attempts = _attempts(config)
+        # Batch 4 sits under L1 node 1 (batches 3-5), which sits under L2 node 0 (L1 0-2).
+        rerun = {"batch-00004", "merge-L1-part-00001", "merge-L2-part-00000", "final", "manifest"}
+        assert {task for task, n in attempts.items() if n == 2} == rerun
+        assert all(n == 1 for task, n in attempts.items() if task not in rerun)
+        assert pl.read_parquet(layout.final).equals(before)
+        assert verify_manifest(layout.manifest) == []
+
+    def test_tampered_child_is_refused_by_its_merge(self, tmp_path, make_config):
+        config = make_config()
+        configfile = _prepare(tmp_path, config)
+        run_snakemake(tmp_path, configfile)
+        layout = _layout(config)
+        tampered = Path(layout.result(1))
+        other = pl.read_parquet(layout.result(2))
+        other.write_parquet(tampered)  # valid Parquet, wrong content
+
+        result = run_snakemake(tmp_path, configfile, check=False)
+
+        output = result.stdout + result.stderr
+        assert result.returncode != 0
+        assert "checksum mismatch" in output and "batch-00001.parquet" in output
+        assert "Traceback" not in output
+
+    def test_manifest_verify_names_a_changed_file(self, tmp_path, make_config):
+        config = make_config(batching={"max_items": 500})
+        configfile = _prepare(tmp_path, config)
+        run_snakemake(tmp_path, configfile)
+        layout = _layout(config)
+        Path(layout.dead_letter(0)).write_bytes(b"not parquet")
+        problems = verify_manifest(layout.manifest)
+        assert len(problems) == 1 and "dead_letter/batch-00000.parquet" in problems[0]
+
+
+class TestDeterminism:
+    def test_same_input_gives_byte_identical_batches(self, tmp_path, make_config):
+        first = make_config(run_id="a", batching={"max_items": 70})
+        second = make_config(run_id="b", batching={"max_items": 70})
+        _prepare(tmp_path, first)
+        for config in (first, second):
+            configfile = write_config(tmp_path / f"{config['run_id']}.yaml", config)
+            run_snakemake(tmp_path, configfile, "--until", "partition_items")
+        a, b = Path(_layout(first).batches_dir), Path(_layout(second).batches_dir)
+        names = sorted(p.name for p in a.glob("batch-*.parquet"))
+        assert len(names) == 15
+        assert names == sorted(p.name for p in b.glob("batch-*.parquet"))
+        for name in names:
+            assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+class TestItemModeRun:
+    def test_failing_items_are_dead_lettered_and_conserved(self, tmp_path, make_config):
+        files = tmp_path / "files"
+        files.mkdir()
+        rows = []
+        for i in range(60):
+            path = files / f"f{i}.txt"
+            if i % 10 != 3:  # every tenth file is missing
+                path.write_text(f"content {i}\n" * i)
+            rows.append({"id": i, "path": str(path)})
+        pl.DataFrame(rows).write_csv(tmp_path / "files.csv")
+        config = make_config(
+            input={"uri": str(tmp_path / "files.csv"), "format": "csv"},
+            batching={"max_items": 20},
+            job={
+                "function": "orchestrator_ext.jobs.checksum:checksum_file",
+                "mode": "item",
+                "combine": None,
+                "finalize": None,
+            },
+            merge={"fan_in": 2, "mode": "concat"},
+            tolerance={"max_dead_letter_fraction": 0.2},
+        )
+        run_snakemake(tmp_path, write_config(tmp_path / "config.yaml", config))
+        layout = _layout(config)
+        manifest = json.loads(Path(layout.manifest).read_text())
+        assert manifest["items_in"] == 60
+        assert manifest["items_dead_lettered"] == 6
+        assert manifest["items_processed"] == 54
+        assert manifest["dead_letter"]["by_category"] == {"permanent": 6}
+        final = pl.read_parquet(layout.final)
+        assert sorted(final["id"].to_list()) == [i for i in range(60) if i % 10 != 3]
+        dead = pl.concat([pl.read_parquet(layout.dead_letter(b)) for b in range(3)])
+        assert sorted(dead["id"].to_list()) == [3, 13, 23, 33, 43, 53]
+        assert set(dead["error_type"]) == {"FileNotFoundError"}
+
+    def test_batch_over_tolerance_fails_and_publishes_nothing(self, tmp_path, make_config):
+        pl.DataFrame({"id": [1, 2], "path": ["/nonexistent/a", "/nonexistent/b"]}).write_csv(
+            tmp_path / "files.csv"
+        )
+        config = make_config(
+            input={"uri": str(tmp_path / "files.csv"), "format": "csv"},
+            job={
+                "function": "orchestrator_ext.jobs.checksum:checksum_file",
+                "mode": "item",
+                "combine": None,
+                "finalize": None,
+            },
+            merge={"mode": "concat"},
+        )
+        result = run_snakemake(
+            tmp_path, write_config(tmp_path / "config.yaml", config), check=False
+        )
+        output = result.stdout + result.stderr
+        assert result.returncode != 0
+        assert "2 of 2 items failed" in output
+        assert not Path(_layout(config).result(0)).exists()
+
+
+class TestBadInput:
+    def test_missing_input_file(self, tmp_path, make_config):
+        config = make_config()
+        configfile = write_config(tmp_path / "config.yaml", config)  # no items.parquet
+        result = run_snakemake(tmp_path, configfile, check=False)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0
+        assert f"input file not found: {tmp_path / 'items.parquet'}" in output
+        assert "Traceback" not in output
+        assert not Path(_layout(config).batches_dir).exists()
+
+    def test_duplicate_ids(self, tmp_path, make_config):
+        config = make_config()
+        configfile = write_config(tmp_path / "config.yaml", config)
+        pl.DataFrame({"id": [1, 2, 2], "group": ["a"] * 3, "value": [1, 2, 3]}).write_parquet(
+            tmp_path / "items.parquet"
+        )
+        result = run_snakemake(tmp_path, configfile, check=False)
+        output = result.stdout + result.stderr
+        assert "duplicate ids" in output and "Traceback" not in output
+        assert not Path(_layout(config).batches_dir).exists()
+
+    def test_malformed_config_is_one_clear_line(self, tmp_path, make_config):
+        config = make_config(batching={"max_items": 0})
+        configfile = _prepare(tmp_path, config)
+        result = run_snakemake(tmp_path, configfile, check=False)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0
+        assert "invalid config at 'batching/max_items': 0 is less than the minimum of 1" in output
+        assert "Traceback" not in output
+        assert not Path(config["output_root"]).exists()
