@@ -1,0 +1,52 @@
+# Entry points for users and CI. `make run` runs the example; `make test` runs every check.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXAMPLE_ITEMS ?= 200000
+
+.PHONY: run test lint services bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@ $(VENV)/.installed
+
+data/records.parquet: | $(VENV)/.installed
+	$(BIN)/orchestrator example-data --items $(EXAMPLE_ITEMS) --out $@
+
+## run: the example run on this machine (local profile, SQLite state)
+run: $(VENV)/.installed data/records.parquet
+	$(BIN)/snakemake --profile profiles/local
+	@echo
+	@echo "result:   results/demo/final/result.parquet"
+	@echo "manifest: results/demo/manifest.json"
+	@echo "status:   $(BIN)/orchestrator status"
+
+## lint: ruff, snakefmt and snakemake --lint
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff format --check orchestrator_ext tests scripts bench
+	$(BIN)/ruff check orchestrator_ext tests scripts bench
+	$(BIN)/snakefmt --check workflow rules
+	$(BIN)/snakemake --lint --configfile config/config.yaml
+
+## services: the local Slurm cluster and AWS endpoint the integration tests use
+services: $(VENV)/.installed-test
+	VENV=$(VENV) bash tests/services/setup.sh all
+
+## test: everything the tests need, then the whole suite
+test: lint services
+	$(BIN)/pytest -q
+
+## bench: benchmarks (not tests); rewrites docs/benchmarks.md
+bench: $(VENV)/.installed-test
+	$(BIN)/python bench/plan.py --batches 1000 10000
+
+clean:
+	rm -rf results .snakemake
