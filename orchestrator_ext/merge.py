@@ -101,7 +101,7 @@ def merge_node(
     config: RunConfig,
     store: StateStore,
     task_id: str,
-    level: int,
+    level: int | None,
     index: int,
     children: list[tuple[str, str]],
     output_file: str,
@@ -120,6 +120,8 @@ def merge_node(
     with store.attempt_scope(task_id) as lease:
         started = time.monotonic()
         child_records = verify_children(children)
+        if level is None:  # batch records carry no level: they are level 0
+            level = max(r.get("level", 0) for r in child_records) + 1
         inputs = [data for data, _ in children]
         with (
             atomic_path(record_file) as tmp_record,

@@ -38,7 +38,13 @@ from orchestrator_ext.errors import BatchFailed, Category, classify, describe
 from orchestrator_ext.job import JobContext, job_context, load_callable
 from orchestrator_ext.layout import task_id_for_batch
 from orchestrator_ext.state import StateStore, current_host
-from orchestrator_ext.storage import atomic_path, file_facts, verify_checksum, write_json
+from orchestrator_ext.storage import (
+    atomic_path,
+    file_facts,
+    read_json,
+    verify_checksum,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +166,7 @@ def process_batch(
     dead_letter_file: str,
     record_file: str,
     uris: dict[str, str] | None = None,
+    plan_file: str | None = None,
 ) -> dict[str, Any]:
     """Run the job over one batch and publish its result, dead letters and record.
 
@@ -169,6 +176,7 @@ def process_batch(
         batch: zero-padded batch number.
         batch_file: the batch's items (Parquet).
         batch_sha256: checksum from the plan; the batch file is refused if it differs.
+        plan_file: ``plan.json`` to take ``batch_sha256`` from when it is not given.
         result_file, dead_letter_file, record_file: where to publish.
         uris: logical locations to record (e.g. ``s3://``) instead of the local paths.
 
@@ -183,6 +191,8 @@ def process_batch(
     host = current_host()
     with store.attempt_scope(task_id_for_batch(int(batch)), host) as lease:
         started = time.monotonic()
+        if batch_sha256 is None and plan_file is not None:
+            batch_sha256 = read_json(plan_file)["batches"][int(batch)]["sha256"]
         if batch_sha256:
             verify_checksum(batch_file, batch_sha256, f"batch {batch} input")
         items = pl.read_parquet(batch_file)

@@ -18,10 +18,6 @@ def get_plan():
     return ox.read_plan_shape(LAYOUT.plan)
 
 
-def get_batch_sha256(wildcards):
-    return get_plan().batch_sha256[int(wildcards.batch)]
-
-
 def get_node_files(level, index):
     """Data and record file of a merge-tree node (level 0 = batch results)."""
     plan = get_plan()

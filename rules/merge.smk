@@ -29,7 +29,6 @@ rule merge_final:
     conda:
         "../environment.yml"
     params:
-        level=lambda wildcards: get_plan().root_level,
         mode=RUN.merge.mode,
         finalize=RUN.job.finalize,
     script:

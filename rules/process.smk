@@ -4,6 +4,7 @@
 rule process_batch:
     input:
         batch=LAYOUT.batch("{batch}"),
+        plan=LAYOUT.plan,
     output:
         result=LAYOUT.result("{batch}"),
         dead_letter=LAYOUT.dead_letter("{batch}"),
@@ -13,7 +14,6 @@ rule process_batch:
     conda:
         "../environment.yml"
     params:
-        batch_sha256=get_batch_sha256,
         job=RUN.raw["job"],
     script:
         "../scripts/process_batch.py"

@@ -6,12 +6,14 @@ from orchestrator_ext.merge import merge_node
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 is_root = sm.rule == "merge_final"
-level, index = int(sm.params.level), int(sm.wildcards.get("part", 0))
+# The root's level follows from its children's records (a param may not read the plan).
+level = None if is_root else int(sm.params.level)
+index = int(sm.wildcards.get("part", 0))
 run_step(
     sm.log[0],
     merge_node,
     sm.config,
-    task_id=TASK_FINAL if is_root else task_id_for_merge(level, index),
+    task_id=TASK_FINAL if is_root else task_id_for_merge(int(sm.params.level), index),
     level=level,
     index=index,
     children=list(zip(sm.input.data, sm.input.records, strict=True)),

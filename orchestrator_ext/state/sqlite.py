@@ -91,7 +91,7 @@ class SqliteStateStore(StateStore):
         existing = {r["task_id"] for r in self._db.execute(
             "SELECT task_id FROM tasks WHERE run_id = ?", (self.run_id,)
         )}  # fmt: skip
-        new = [t for t in task_ids if t not in existing]
+        new = [t for t in dict.fromkeys(task_ids) if t not in existing]
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.executemany(
