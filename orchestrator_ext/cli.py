@@ -118,6 +118,48 @@ def cmd_manifest_verify(args: argparse.Namespace) -> int:
     return EXIT_VERIFY_FAILED if problems else 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    """Create the DynamoDB state table if absent and check the run's bucket is reachable."""
+    config = load_cli_config(args)
+    report: dict[str, Any] = {"run_id": config.run_id}
+    if config.state.backend == "dynamodb":
+        from orchestrator_ext.state.dynamodb import create_table, make_client
+
+        client = make_client(config.state.region, config.state.endpoint_url)
+        created = create_table(client, config.state.table or "")
+        report["table"] = {"name": config.state.table, "created": created}
+    else:
+        report["state"] = "sqlite (created by the run in its folder; nothing to set up)"
+    if config.output_root.startswith("s3://"):
+        from orchestrator_ext.s3 import (
+            bucket_default_encryption,
+            check_bucket,
+            make_s3_client,
+            split_s3_uri,
+        )
+
+        bucket, _ = split_s3_uri(config.output_root)
+        s3 = make_s3_client()
+        check_bucket(s3, bucket)
+        encryption = bucket_default_encryption(s3, bucket)
+        report["bucket"] = {"name": bucket, "reachable": True, "default_encryption": encryption}
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+        return 0
+    if "table" in report:
+        verb = "created" if report["table"]["created"] else "exists"
+        print(f"state table {config.state.table}: {verb} (on-demand capacity)")
+    if "bucket" in report:
+        encryption = report["bucket"]["default_encryption"]
+        print(
+            f"bucket {report['bucket']['name']}: reachable; default encryption: "
+            f"{encryption or 'NONE -- enable SSE-S3 or SSE-KMS default encryption'}"
+        )
+    if "state" in report:
+        print(f"state: {report['state']}")
+    return 0
+
+
 def cmd_example_data(args: argparse.Namespace) -> int:
     """Write synthetic example records."""
     from orchestrator_ext.example_data import write_records
@@ -150,6 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = with_config(sub.add_parser("status", help="counts of the run's tasks by status"))
     status.set_defaults(func=cmd_status)
+
+    init = with_config(
+        sub.add_parser(
+            "init",
+            help="create the run's DynamoDB state table (on-demand) if it is absent and check "
+            "that the output bucket is reachable and encrypted by default",
+        )
+    )
+    init.set_defaults(func=cmd_init)
 
     manifest = sub.add_parser("manifest", help="work with the run's manifest")
     manifest_sub = manifest.add_subparsers(dest="manifest_command", required=True)

@@ -234,3 +234,13 @@ class TestBadInput:
         assert "invalid config at 'batching/max_items': 0 is less than the minimum of 1" in output
         assert "Traceback" not in output
         assert not Path(config["output_root"]).exists()
+
+    def test_missing_state_table_says_to_run_init(self, tmp_path, make_config, aws_env):
+        config = make_config(state={"backend": "dynamodb", "table": "no-such-table"})
+        configfile = _prepare(tmp_path, config)
+        result = run_snakemake(tmp_path, configfile, check=False)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0
+        assert "no-such-table" in output and "orchestrator init --configfile" in output
+        assert "Traceback" not in output
+        assert not Path(_layout(config).batches_dir).exists()
