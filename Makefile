@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 EXAMPLE_ITEMS ?= 200000
+PY_DIRS := orchestrator_ext tests scripts $(wildcard bench)
 
 .PHONY: run test lint services bench clean
 
@@ -31,8 +32,8 @@ run: $(VENV)/.installed data/records.parquet
 
 ## lint: ruff, snakefmt and snakemake --lint
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff format --check orchestrator_ext tests scripts bench
-	$(BIN)/ruff check orchestrator_ext tests scripts bench
+	$(BIN)/ruff format --check $(PY_DIRS)
+	$(BIN)/ruff check $(PY_DIRS)
 	$(BIN)/snakefmt --check workflow rules
 	$(BIN)/snakemake --lint --configfile config/config.yaml
 
