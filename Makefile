@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 EXAMPLE_ITEMS ?= 200000
-PY_DIRS := orchestrator_ext tests scripts $(wildcard bench)
+PY_DIRS := orchestrator_ext tests scripts $(wildcard bench) snakemake_executor_plugin_orchestrator_local snakemake_executor_plugin_orchestrator_slurm
 
 .PHONY: run test lint services bench clean
 
@@ -11,12 +11,15 @@ $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# editable_mode=compat puts the repository on sys.path: Snakemake finds executor plugins
+# (our orchestrator-local and orchestrator-slurm) with pkgutil.iter_modules, which does not
+# see setuptools' default editable finder.
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e . --config-settings editable_mode=compat
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/activate
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test]" --config-settings editable_mode=compat
 	touch $@ $(VENV)/.installed
 
 data/records.parquet: | $(VENV)/.installed

@@ -79,6 +79,56 @@ class StateSpec:
 
 
 @dataclass(frozen=True)
+class ResourceSpec:
+    """Slurm resources of a first attempt, and how they grow on resubmission."""
+
+    mem_mb: int = 2000
+    runtime: int = 60
+    escalation_factor: float = 2.0
+    max_mem_mb: int = 64000
+    max_runtime: int = 1440
+
+    def for_attempt(self, attempt: int) -> tuple[int, int]:
+        """(mem_mb, runtime) of attempt ``attempt`` (1-based), escalated and capped."""
+        scale = self.escalation_factor ** max(0, attempt - 1)
+        return (
+            min(int(self.mem_mb * scale), self.max_mem_mb),
+            min(int(self.runtime * scale), self.max_runtime),
+        )
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """When a batch persists a finished chunk (sub-batch checkpoints)."""
+
+    every_items: int | None = None
+    every_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class ErrorRulesSpec:
+    """Extra exception classes per category, checked before the built-in table."""
+
+    transient: tuple[str, ...] = ()
+    resource: tuple[str, ...] = ()
+    permanent: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """Fault injection (tests and chaos drills); inert unless ``enabled``."""
+
+    enabled: bool = False
+    seed: int = 0
+    transient_rate: float = 0.0
+    permanent_ids: tuple[Any, ...] = ()
+    permanent_batches: tuple[int, ...] = ()
+    oom_batches: tuple[int, ...] = ()
+    kill_batches: dict[int, int] = field(default_factory=dict)
+    s3_throttle_rate: float = 0.0
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A validated run configuration; ``raw`` keeps the dict (with defaults) it came from."""
 
@@ -91,6 +141,10 @@ class RunConfig:
     max_dead_letter_fraction: float
     retry: RetrySpec
     state: StateSpec
+    resources: ResourceSpec = field(default_factory=ResourceSpec)
+    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
+    error_rules: ErrorRulesSpec = field(default_factory=ErrorRulesSpec)
+    faults: FaultSpec = field(default_factory=FaultSpec)
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -169,7 +223,25 @@ def load_config(raw: dict[str, Any]) -> RunConfig:
         max_dead_letter_fraction=data["tolerance"]["max_dead_letter_fraction"],
         retry=RetrySpec(**data["retry"]),
         state=StateSpec(**data["state"]),
+        resources=ResourceSpec(**data["resources"]),
+        checkpoint=CheckpointSpec(**data["checkpoint"]),
+        error_rules=ErrorRulesSpec(**{k: tuple(v) for k, v in data["errors"].items()}),
+        faults=_fault_spec(data["faults"]),
         raw=data,
+    )
+
+
+def _fault_spec(faults: dict[str, Any]) -> FaultSpec:
+    return FaultSpec(
+        enabled=faults["enabled"],
+        seed=faults["seed"],
+        transient_rate=faults["transient_rate"],
+        permanent_ids=tuple(faults["permanent_ids"]),
+        permanent_batches=tuple(faults["permanent_batches"]),
+        oom_batches=tuple(faults["oom_batches"]),
+        # YAML mapping keys may arrive as ints or strings ("2": 500 from --config).
+        kill_batches={int(k): int(v) for k, v in faults["kill_batches"].items()},
+        s3_throttle_rate=faults["s3_throttle_rate"],
     )
 
 

@@ -17,6 +17,7 @@ allocation.
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 from snakemake_interface_common.exceptions import WorkflowError
 
@@ -129,8 +130,77 @@ TRANSIENT_AWS_CODES = frozenset(
 )
 
 
+#: Slurm job states (sacct/squeue) by category. States not listed (FAILED, CANCELLED, ...)
+#: say nothing about the cause; the state store's record of the attempt decides then.
+SLURM_STATE_CATEGORIES: dict[str, Category] = {
+    "OUT_OF_MEMORY": Category.RESOURCE,
+    "TIMEOUT": Category.RESOURCE,
+    "DEADLINE": Category.RESOURCE,
+    "NODE_FAIL": Category.RESOURCE,
+    "PREEMPTED": Category.RESOURCE,
+    "BOOT_FAIL": Category.RESOURCE,
+}
+
+#: Process exit codes by category: 137 = 128 + SIGKILL, what the OOM killer (or a node
+#: going away) leaves; 143 = 128 + SIGTERM, Slurm's signal at the time limit.
+EXIT_CODE_CATEGORIES: dict[int, Category] = {137: Category.RESOURCE, 143: Category.RESOURCE}
+
+
+def classify_slurm_state(state: str) -> Category | None:
+    """Category of a Slurm job state (``"OUT_OF_MEMORY"``, ``"CANCELLED by 0"``, ...), or None."""
+    return SLURM_STATE_CATEGORIES.get(state.split()[0].upper().rstrip("+")) if state else None
+
+
+def classify_exit_code(code: int | None) -> Category | None:
+    """Category of a job's exit code, or None when the code says nothing about the cause."""
+    return EXIT_CODE_CATEGORIES.get(code) if code is not None else None
+
+
+def _resolve_class(name: str) -> type[BaseException]:
+    import builtins
+    import importlib
+
+    module_name, _, attribute = name.rpartition(".")
+    target = (
+        getattr(importlib.import_module(module_name), attribute, None)
+        if module_name
+        else (getattr(builtins, attribute, None))
+    )
+    if not (isinstance(target, type) and issubclass(target, BaseException)):
+        raise ConfigError(f"errors: {name!r} is not an exception class")
+    return target
+
+
+#: Rules from the run's config (``errors:``), checked before the built-in table.
+CONFIGURED_CATEGORIES: list[tuple[tuple[type[BaseException], ...], Category]] = []
+
+
+def configure_error_rules(transient: Any = (), resource: Any = (), permanent: Any = ()) -> None:
+    """Install the config's extra classification rules (names of exception classes).
+
+    Called once per job process with ``config.error_rules``; replaces earlier rules.
+
+    Raises:
+        ConfigError: a name is not importable or not an exception class.
+    """
+    table = []
+    for category, names in (
+        (Category.TRANSIENT, transient),
+        (Category.RESOURCE, resource),
+        (Category.PERMANENT, permanent),
+    ):
+        if names:
+            try:
+                table.append((tuple(_resolve_class(n) for n in names), category))
+            except ImportError as exc:
+                raise ConfigError(f"errors.{category}: cannot import {exc.name!r}") from None
+    CONFIGURED_CATEGORIES[:] = table
+
+
 def classify(exc: BaseException) -> Category:
     """Return the category of a failure.
+
+    Checks the config's rules, then the package's own errors, then the built-in table.
 
     Args:
         exc: the exception a job, a merge or a service call raised.
@@ -139,6 +209,9 @@ def classify(exc: BaseException) -> Category:
         ``Category.TRANSIENT`` for retryable service trouble, ``Category.RESOURCE`` for
         memory exhaustion, ``Category.PERMANENT`` for everything else.
     """
+    for types, category in CONFIGURED_CATEGORIES:
+        if isinstance(exc, types):
+            return category
     if isinstance(exc, OrchestratorError):
         return exc.category
     for types, category in EXCEPTION_CATEGORIES:

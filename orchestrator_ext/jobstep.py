@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from orchestrator_ext.errors import OrchestratorError
+from orchestrator_ext.errors import OrchestratorError, configure_error_rules
 
 EXIT_FAILED = 1
 
@@ -44,6 +44,8 @@ def run_step(
     setup_logging(log_path)
     try:
         config = load_config(raw_config)
+        rules = config.error_rules
+        configure_error_rules(rules.transient, rules.resource, rules.permanent)
         store = open_state_store(config)
         try:
             return fn(config, store, **kwargs)

@@ -201,6 +201,9 @@ class TestItemModeRun:
         assert result.returncode != 0
         assert "2 of 2 items failed" in output
         assert not Path(_layout(config).result(0)).exists()
+        # A permanent failure is not resubmitted, although the profile allows retries.
+        assert "permanent failure" in output and "not resubmitting" in output
+        assert _attempts(config)["batch-00000"] == 1
 
 
 class TestBadInput:

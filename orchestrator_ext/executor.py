@@ -1,0 +1,86 @@
+"""Failure-category-aware executors: Snakemake's own, minus pointless resubmissions.
+
+Core Snakemake resubmits any failed job while ``job.restart_times > job.attempt - 1``
+(``snakemake/scheduling/job_scheduler.py``, ``_handle_error``), right after calling the
+executor's ``handle_job_error(job)``. It has no notion of error categories. The job itself
+records its failure category in the state store before it exits (``attempt_scope``), so
+``handle_job_error`` reads that record and, for a permanent failure (status DEAD), uses up
+the job's remaining attempts: Snakemake then reports the failure instead of resubmitting,
+and Slurm sees exactly one job for the batch. Resource and transient failures, and jobs
+killed before they could record anything, keep Snakemake's resubmission, with resources
+escalated per attempt by the rules.
+
+Two executors use this: ``orchestrator-slurm`` (the Slurm plugin's executor) and
+``orchestrator-local`` (Snakemake's local executor), each a thin plugin module.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def task_id_for_job(rule: str, wildcards: dict[str, str]) -> str | None:
+    """The state-store task a Snakemake job works on, or None for rules without one."""
+    from orchestrator_ext.layout import (
+        TASK_FINAL,
+        TASK_MANIFEST,
+        TASK_PARTITION,
+        task_id_for_batch,
+        task_id_for_merge,
+    )
+
+    if rule == "process_batch":
+        return task_id_for_batch(int(wildcards["batch"]))
+    if rule == "merge_level":
+        return task_id_for_merge(int(wildcards["level"]), int(wildcards["part"]))
+    return {
+        "merge_final": TASK_FINAL,
+        "write_manifest": TASK_MANIFEST,
+        "partition_items": TASK_PARTITION,
+    }.get(rule)
+
+
+def is_permanent_failure(raw_config: dict[str, Any], rule: str, wildcards: dict[str, str]) -> bool:
+    """Whether the state store says the task's last attempt failed permanently (DEAD).
+
+    Never raises: if state cannot be read, the answer is False and Snakemake's ordinary
+    retry policy applies.
+    """
+    from orchestrator_ext.config import load_config
+    from orchestrator_ext.state import TaskStatus, open_state_store
+
+    task_id = task_id_for_job(rule, wildcards)
+    if task_id is None:
+        return False
+    try:
+        store = open_state_store(load_config(raw_config))
+        try:
+            record = store.get(task_id)
+        finally:
+            store.close()
+    except Exception as exc:  # monitoring must never break the run
+        logger.debug("cannot read state of %s: %s", task_id, exc)
+        return False
+    return record is not None and record.status == TaskStatus.DEAD
+
+
+class PermanentFailureAware:
+    """Mixin for an executor: no resubmission of jobs whose failure was permanent."""
+
+    workflow: Any
+    logger: Any
+
+    def handle_job_error(self, job: Any) -> None:
+        super().handle_job_error(job)  # type: ignore[misc]
+        jobs = job.jobs if hasattr(job, "jobs") else [job]  # group jobs hold several
+        for one in jobs:
+            if is_permanent_failure(self.workflow.config, one.rule.name, dict(one.wildcards)):
+                if job.restart_times > job.attempt - 1:
+                    self.logger.info(
+                        f"{one.rule.name} {dict(one.wildcards)}: permanent failure (see "
+                        "`orchestrator errors`); not resubmitting"
+                    )
+                job.attempt = job.restart_times + 1
