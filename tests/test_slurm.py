@@ -56,7 +56,9 @@ def _all_slurm_jobs() -> set[str]:
     return set(out.split())
 
 
-def run_on_slurm(workdir: Path, configfile: Path, *extra: str) -> subprocess.CompletedProcess:
+def run_on_slurm(
+    workdir: Path, configfile: Path, *extra: str, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run the workflow through the Slurm executor with the test profile."""
     cmd = [
         SNAKEMAKE,
@@ -69,7 +71,8 @@ def run_on_slurm(workdir: Path, configfile: Path, *extra: str) -> subprocess.Com
     result = subprocess.run(
         cmd, capture_output=True, text=True, timeout=900, cwd=workdir, env=os.environ.copy()
     )
-    assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
+    if check:
+        assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
     return result
 
 
@@ -117,3 +120,41 @@ class TestSlurmRun:
         again = run_on_slurm(tmp_path, configfile)
         assert "Nothing to be done" in again.stdout + again.stderr
         assert _all_slurm_jobs() == before
+
+
+class TestSlurmFailures:
+    def test_permanent_failure_is_submitted_once(self, tmp_path, make_config, slurm_cluster):
+        # Two items whose files do not exist: the batch dead-letters both, exceeds the
+        # tolerance and fails permanently. The profile allows 2 retries; none may happen.
+        pl.DataFrame({"id": [1, 2], "path": ["/nonexistent/a", "/nonexistent/b"]}).write_csv(
+            tmp_path / "files.csv"
+        )
+        config = make_config(
+            run_id="perm",
+            input={"uri": str(tmp_path / "files.csv"), "format": "csv"},
+            job={
+                "function": "orchestrator_ext.jobs.checksum:checksum_file",
+                "mode": "item",
+                "combine": None,
+                "finalize": None,
+            },
+            merge={"mode": "concat"},
+        )
+        configfile = write_config(tmp_path / "perm.yaml", config)
+        before = _all_slurm_jobs()
+
+        result = run_on_slurm(tmp_path, configfile, check=False)
+
+        assert result.returncode != 0
+        assert "not resubmitting" in result.stdout + result.stderr
+        new_jobs = sorted(_all_slurm_jobs() - before, key=int)
+        # One partition job and exactly one submission of the failing batch.
+        assert len(new_jobs) == 2, new_jobs
+        states = _sacct_states(new_jobs)
+        assert states[new_jobs[0]] == "COMPLETED" and states[new_jobs[1]] == "FAILED"
+        from orchestrator_ext.state.sqlite import SqliteStateStore
+
+        store = SqliteStateStore(RunLayout(f"{config['output_root']}/perm").state_db, "perm")
+        batch = store.get("batch-00000")
+        assert batch is not None and batch.attempt == 1 and str(batch.status) == "DEAD"
+        assert batch.slurm_job_id == new_jobs[1]
