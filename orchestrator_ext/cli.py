@@ -103,11 +103,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_manifest_verify(args: argparse.Namespace) -> int:
     """Re-hash every file the manifest lists."""
     from orchestrator_ext.layout import RunLayout
-    from orchestrator_ext.manifest import verify_manifest
+    from orchestrator_ext.manifest import verify_manifest_at
 
     config = load_cli_config(args)
+    # For a run in S3 this is an s3:// URI: the objects are hashed as they stream from S3.
     manifest_path = RunLayout(config.run_dir).manifest
-    problems = verify_manifest(manifest_path)
+    problems = verify_manifest_at(manifest_path)
     if args.json:
         print(json.dumps({"manifest": manifest_path, "ok": not problems, "problems": problems}))
     elif problems:

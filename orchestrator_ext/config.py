@@ -202,6 +202,11 @@ def _check_consistency(data: dict[str, Any]) -> None:
         )
     if state["backend"] == "dynamodb" and not state.get("table"):
         raise ConfigError("invalid config: state.backend is 'dynamodb' but state.table is not set")
+    if state["backend"] == "sqlite" and data["output_root"].startswith("s3://"):
+        raise ConfigError(
+            "invalid config: output_root is in S3 but state.backend is 'sqlite'; use "
+            "state: {backend: dynamodb, table: NAME} for runs in S3"
+        )
     if data["input"]["format"] == "s3-keys" and not data["input"]["uri"].startswith("s3://"):
         raise ConfigError("invalid config: input.format 's3-keys' needs an s3:// input.uri")
 

@@ -13,6 +13,13 @@ A run's files, all under ``{output_root}/{run_id}/``::
     state.sqlite                      task state (sqlite backend)
     logs/<rule>/<wildcards>.log       one log per job
 
+A run under ``s3://bucket/prefix`` keeps the same layout in S3 for every file above but the
+logs (and state.sqlite): Snakemake's storage plugin moves file targets, while logs stay on the
+machine that ran the job, under ``logs/{run_id}/<rule>/<wildcards>.log`` relative to the
+working directory. ``RunLayout(..., wrap=storage)`` lets the Snakefile mark every file target
+for the storage plugin; without ``wrap`` the paths are the plain locations (``s3://`` URIs),
+which is what records and the manifest store.
+
 The merge tree: level 0 are the batch results; node ``i`` of level ``L`` merges nodes
 ``i*F .. i*F+F-1`` of level ``L-1`` (F = fan-in). The tree is as deep as it must be to end
 in one node, and that root node is written directly as ``final/result.parquet``, so no
@@ -21,7 +28,9 @@ level is ever a plain copy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 BATCH_DIGITS = 5
 
@@ -93,12 +102,34 @@ def children(level: int, index: int, n_batches: int, fan_in: int) -> range:
 
 @dataclass(frozen=True)
 class RunLayout:
-    """Paths of one run's files, relative to nothing: ``run_dir`` is prepended as given."""
+    """Paths of one run's files, relative to nothing: ``run_dir`` is prepended as given.
+
+    ``wrap``, if given, is applied to every path of a file target (not to logs), e.g.
+    Snakemake's ``storage`` so that ``s3://`` paths become storage-plugin targets.
+    """
 
     run_dir: str
+    wrap: Callable[[str], Any] | None = field(default=None, compare=False, repr=False)
 
-    def _path(self, rel: str) -> str:
-        return f"{self.run_dir}/{rel}"
+    def _path(self, rel: str) -> Any:
+        path = f"{self.run_dir}/{rel}"
+        return self.wrap(path) if self.wrap is not None else path
+
+    @property
+    def is_remote(self) -> bool:
+        """True when the run lives in S3 (``s3://bucket/prefix/run_id``)."""
+        return self.run_dir.startswith("s3://")
+
+    @property
+    def run_id(self) -> str:
+        """The last component of ``run_dir``."""
+        return self.run_dir.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def logs_dir(self) -> str:
+        """Local folder of the run's job logs: ``{run_dir}/logs``, or ``logs/{run_id}``
+        (relative to the working directory) when the run lives in S3."""
+        return f"logs/{self.run_id}" if self.is_remote else f"{self.run_dir}/logs"
 
     @property
     def batches_dir(self) -> str:
@@ -140,10 +171,12 @@ class RunLayout:
 
     @property
     def state_db(self) -> str:
-        return self._path("state.sqlite")
+        """Not a file target: never wrapped."""
+        return f"{self.run_dir}/state.sqlite"
 
     def log(self, rule: str, name: str) -> str:
-        return self._path(f"logs/{rule}/{name}.log")
+        """A job's log file; always local (see ``logs_dir``), never wrapped."""
+        return f"{self.logs_dir}/{rule}/{name}.log"
 
     def node(self, level: int, index: int, n_batches: int, fan_in: int) -> tuple[str, str]:
         """(data file, record file) of tree node ``index`` at ``level`` (0 = batch results)."""

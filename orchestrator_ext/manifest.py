@@ -120,13 +120,17 @@ def listed_files(manifest: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def verify_manifest(
-    manifest_path: str, open_local: Callable[[str], str] = lambda uri: uri
+    manifest_path: str,
+    open_local: Callable[[str], str] = lambda uri: uri,
+    sha256_of: Callable[[str], str] | None = None,
 ) -> list[str]:
     """Re-hash every file the manifest lists.
 
     Args:
         manifest_path: local path of ``manifest.json``.
         open_local: maps a listed uri to a local path (downloads S3 objects if needed).
+        sha256_of: maps a listed uri to the sha256 of its bytes, raising ``MissingOutput``
+            when it is absent (e.g. streaming an S3 object); replaces ``open_local``.
 
     Returns:
         One line per problem (missing file or checksum mismatch); empty when all is well.
@@ -137,7 +141,7 @@ def verify_manifest(
     problems = []
     for what, uri, expected in listed_files(manifest):
         try:
-            actual = sha256_file(open_local(uri))
+            actual = sha256_of(uri) if sha256_of else sha256_file(open_local(uri))
         except (MissingOutput, FileNotFoundError):
             problems.append(f"missing: {uri} ({what})")
             continue
@@ -148,6 +152,38 @@ def verify_manifest(
     return problems
 
 
+def verify_manifest_at(manifest_uri: str, client: Any = None) -> list[str]:
+    """``verify_manifest`` for a manifest on disk or in S3.
+
+    An ``s3://`` manifest is downloaded to a temporary folder; every ``s3://`` file it lists
+    is hashed while it streams from S3 (nothing else is written to disk), local ones are
+    hashed on disk.
+
+    Raises:
+        MissingOutput: the manifest itself is absent. S3Error: the bucket, endpoint or
+            credentials are missing.
+    """
+    import tempfile
+
+    from orchestrator_ext import s3
+
+    if not s3.is_s3_uri(manifest_uri):
+        return verify_manifest(manifest_uri)
+    client = client or s3.make_s3_client()
+
+    def sha256_of(uri: str) -> str:
+        return s3.sha256_object(client, uri) if s3.is_s3_uri(uri) else sha256_file(uri)
+
+    with tempfile.TemporaryDirectory(prefix="orchestrator-manifest-") as tmp:
+        try:
+            local = s3.download(client, manifest_uri, Path(tmp) / "manifest.json")
+        except MissingOutput:
+            raise MissingOutput(
+                f"no manifest at {manifest_uri}: the run has not finished"
+            ) from None
+        return verify_manifest(str(local), sha256_of=sha256_of)
+
+
 def write_run_manifest(
     config: RunConfig,
     store: StateStore,
@@ -156,10 +192,17 @@ def write_run_manifest(
     merge_records: list[str],
     final_record: str,
     manifest_file: str,
+    plan_uri: str | None = None,
 ) -> dict[str, Any]:
-    """Build, validate and publish ``manifest.json`` as the run's last task."""
+    """Build, validate and publish ``manifest.json`` as the run's last task.
+
+    ``plan_uri`` is where the plan lives (an ``s3://`` URI for a run in S3) when
+    ``plan_file`` is a local copy.
+    """
     with store.attempt_scope(TASK_MANIFEST) as lease:
-        manifest = build_manifest(config, plan_file, batch_records, merge_records, final_record)
+        manifest = build_manifest(
+            config, plan_file, batch_records, merge_records, final_record, plan_uri
+        )
         with atomic_path(manifest_file) as tmp:
             write_json(tmp, manifest)
             store.succeed(lease, sha256_file(tmp), items=manifest["items_in"])

@@ -234,6 +234,19 @@ def build_plan(
     }
 
 
+def check_output_bucket(config: RunConfig) -> None:
+    """For a run in S3, stop with one line if its bucket is missing or unreachable.
+
+    The storage plugin would silently create a missing bucket (without the site's
+    encryption and policies); a run must instead be set up with ``orchestrator init``.
+    """
+    if not config.output_root.startswith("s3://"):
+        return
+    from orchestrator_ext.s3 import check_bucket, make_s3_client, split_s3_uri
+
+    check_bucket(make_s3_client(), split_s3_uri(config.output_root)[0])
+
+
 def partition_items(
     config: RunConfig, store: StateStore, batches_dir: str | os.PathLike[str]
 ) -> dict[str, Any]:
@@ -255,6 +268,7 @@ def partition_items(
         InputError: the source is missing, unreadable or has bad ids; nothing is written.
     """
     with store.attempt_scope(TASK_PARTITION) as lease:
+        check_output_bucket(config)
         items, listing = read_items(config.input)
         if items.height == 0:
             raise InputError(f"input {config.input.uri} has no items")

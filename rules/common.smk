@@ -1,9 +1,31 @@
 # Config validation, wildcard constraints and every input function of the workflow.
 # Parsing does no I/O beyond reading config: cluster jobs re-parse this file.
+import os
+
+from snakemake.exceptions import InputOpenException
+from snakemake.io import IOFile
+
 import orchestrator_ext.workflow as ox
 
 RUN = ox.load_config(config)
-LAYOUT = ox.RunLayout(RUN.run_dir)
+# Where the files are (s3:// URIs for a run in S3): what records and the manifest store.
+URIS = ox.RunLayout(RUN.run_dir)
+# File targets. A run in S3 (output_root: s3://bucket/prefix) has every one of them moved by
+# snakemake-storage-plugin-s3; jobs see local copies under .snakemake/storage/s3/. Logs stay
+# local in both cases (RunLayout.log).
+LAYOUT = ox.RunLayout(RUN.run_dir, wrap=storage) if URIS.is_remote else URIS
+# Inputs a job needs to exist but never reads: not downloaded for the job.
+PRESENT = (
+    ox.RunLayout(RUN.run_dir, wrap=lambda path: storage(path, retrieve=False))
+    if URIS.is_remote
+    else URIS
+)
+
+
+def as_target(path):
+    """A flagged path (e.g. directory(...)) as a file target: Snakemake wants storage()
+    outermost (directory(storage(...)) is a syntax error)."""
+    return storage(path) if URIS.is_remote else path
 
 
 wildcard_constraints:
@@ -12,10 +34,39 @@ wildcard_constraints:
     part=r"\d{5}",
 
 
+_PLAN = {}
+
+
 def get_plan():
-    """Shape of the partition plan; only callable once the checkpoint has run."""
-    checkpoints.partition_items.get()
-    return ox.read_plan_shape(LAYOUT.plan)
+    """Shape of the partition plan; only callable once the checkpoint has run.
+
+    Input functions and params ask for it at least once per job (10,000s of calls). Once
+    the checkpoint is done in this process it stays done (Snakemake only ever adds to its
+    created outputs), so plan.json is final: look the checkpoint up and read the plan once.
+    """
+    plan = _PLAN.get("plan")
+    if plan is None:
+        plan = _PLAN["plan"] = ox.read_plan_shape(local_plan_file())
+    return plan
+
+
+def local_plan_file():
+    """plan.json in the checkpoint's output folder: for a run in S3, the storage plugin's
+    local copy of it. A missing or outdated copy makes Snakemake's job factory fetch it (it
+    retrieves the file of an InputOpenException and calls the input function again); only
+    plan.json is fetched, not the batch files beside it. Raises until the checkpoint ran.
+    """
+    partitioned = checkpoints.partition_items.get()
+    plan_file = os.path.join(partitioned.output.batches, "plan.json")
+    if LAYOUT.is_remote:
+        plan = LAYOUT.plan
+        stored = plan.flags["storage_object"]
+        if (
+            not os.path.exists(plan_file)
+            or os.path.getmtime(plan_file) < stored.mtime()
+        ):
+            raise InputOpenException(IOFile(plan, rule=partitioned.rule))
+    return plan_file
 
 
 def get_node_files(level, index):
@@ -26,7 +77,10 @@ def get_node_files(level, index):
 
 def get_children(level, index):
     plan = get_plan()
-    nodes = [get_node_files(level - 1, i) for i in plan.children(level, index)]
+    nodes = [
+        LAYOUT.node(level - 1, i, plan.n_batches, plan.fan_in)
+        for i in plan.children(level, index)
+    ]
     return {"data": [d for d, _ in nodes], "records": [r for _, r in nodes]}
 
 
@@ -42,14 +96,15 @@ def get_manifest_inputs(wildcards):
     """Every file the manifest lists, so that a deleted one is rebuilt with its merge path."""
     plan = get_plan()
     nodes = plan.inner_nodes()
+    # The manifest job reads the plan and the records; the data files only have to exist.
     return {
         "plan": LAYOUT.plan,
-        "results": [LAYOUT.result(b) for b in plan.batch_ids],
+        "results": [PRESENT.result(b) for b in plan.batch_ids],
         "batch_records": [LAYOUT.result_record(b) for b in plan.batch_ids],
-        "dead_letters": [LAYOUT.dead_letter(b) for b in plan.batch_ids],
-        "merge_parts": [LAYOUT.merge_part(l, i) for l, i in nodes],
+        "dead_letters": [PRESENT.dead_letter(b) for b in plan.batch_ids],
+        "merge_parts": [PRESENT.merge_part(l, i) for l, i in nodes],
         "merge_records": [LAYOUT.merge_record(l, i) for l, i in nodes],
-        "final": LAYOUT.final,
+        "final": PRESENT.final,
         "final_record": LAYOUT.final_record,
     }
 

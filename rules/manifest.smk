@@ -10,5 +10,7 @@ rule write_manifest:
         LAYOUT.log("write_manifest", "manifest"),
     conda:
         "../environment.yml"
+    params:
+        plan_uri=URIS.plan,
     script:
         "../scripts/write_manifest.py"

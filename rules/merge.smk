@@ -14,6 +14,7 @@ rule merge_level:
     params:
         level=lambda wildcards: int(wildcards.level),
         mode=RUN.merge.mode,
+        uri=lambda wildcards: URIS.merge_part(wildcards.level, wildcards.part),
     script:
         "../scripts/merge_node.py"
 
@@ -31,5 +32,6 @@ rule merge_final:
     params:
         mode=RUN.merge.mode,
         finalize=RUN.job.finalize,
+        uri=lambda wildcards: URIS.final,
     script:
         "../scripts/merge_node.py"

@@ -3,7 +3,7 @@
 
 checkpoint partition_items:
     output:
-        batches=directory(LAYOUT.batches_dir),
+        batches=as_target(directory(URIS.batches_dir)),
     log:
         LAYOUT.log("partition_items", "partition"),
     conda:

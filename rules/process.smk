@@ -15,5 +15,10 @@ rule process_batch:
         "../environment.yml"
     params:
         job=RUN.raw["job"],
+        # Where the outputs are (s3:// for a run in S3), for the record.
+        uris=lambda wildcards: {
+            "result": URIS.result(wildcards.batch),
+            "dead_letter": URIS.dead_letter(wildcards.batch),
+        },
     script:
         "../scripts/process_batch.py"

@@ -20,4 +20,5 @@ run_step(
     output_file=sm.output.part,
     record_file=sm.output.record,
     is_root=is_root,
+    uri=sm.params.uri,
 )

@@ -15,4 +15,5 @@ run_step(
     result_file=sm.output.result,
     dead_letter_file=sm.output.dead_letter,
     record_file=sm.output.record,
+    uris=dict(sm.params.uris),
 )

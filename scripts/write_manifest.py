@@ -13,4 +13,5 @@ run_step(
     merge_records=list(sm.input.merge_records),
     final_record=sm.input.final_record,
     manifest_file=sm.output.manifest,
+    plan_uri=sm.params.plan_uri,
 )

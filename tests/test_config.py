@@ -59,8 +59,18 @@ class TestLoadConfigDefaults:
         assert config.raw["tolerance"] == {"max_dead_letter_fraction": 0.0}
 
     def test_run_dir_joins_root_and_run_id(self) -> None:
-        config = load_config({**copy.deepcopy(MINIMAL), "output_root": "s3://bucket/runs/"})
+        config = load_config(
+            {
+                **copy.deepcopy(MINIMAL),
+                "output_root": "s3://bucket/runs/",
+                "state": {"backend": "dynamodb", "table": "t"},
+            }
+        )
         assert config.run_dir == "s3://bucket/runs/demo"
+
+    def test_sqlite_state_is_refused_for_a_run_in_s3(self) -> None:
+        with pytest.raises(ConfigError, match="output_root is in S3 but state.backend is 'sqlite'"):
+            load_config({**copy.deepcopy(MINIMAL), "output_root": "s3://bucket/runs"})
 
     def test_given_values_win_over_defaults(self, make_config) -> None:
         config = load_config(make_config(batching={"max_items": 7, "max_bytes": 1000}))

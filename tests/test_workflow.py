@@ -83,6 +83,25 @@ class TestReduceRun:
         )
 
 
+class TestReconfiguredRun:
+    def test_changed_batching_repartitions_and_rebuilds_the_tree(self, tmp_path, make_config):
+        config = make_config()
+        configfile = _prepare(tmp_path, config)
+        run_snakemake(tmp_path, configfile)
+        config["batching"] = {"max_items": 250}
+        write_config(configfile, config)
+
+        run_snakemake(tmp_path, configfile)
+
+        layout = _layout(config)
+        manifest = json.loads(Path(layout.manifest).read_text())
+        assert len(manifest["batches"]) == 4 and manifest["items_in"] == 1000
+        assert pl.read_parquet(layout.final).equals(
+            _single_pass(pl.read_parquet(tmp_path / "items.parquet"))
+        )
+        assert verify_manifest(layout.manifest) == []
+
+
 class TestRecovery:
     def test_deleted_batch_result_recomputes_only_its_merge_path(self, tmp_path, make_config):
         config = make_config()

@@ -1,0 +1,154 @@
+"""Items from S3: data files named by a key glob, or one item per object (``s3-keys``).
+
+``input.uri`` forms:
+
+- ``s3://bucket/data/*.parquet`` (format parquet, csv or jsonl): the objects whose keys
+  match the pattern, read in key order. The pattern is matched with ``fnmatch`` against the
+  whole key, so ``*`` also spans ``/``. Only the prefix before the first glob character is
+  listed (paginated ListObjectsV2).
+- ``s3://bucket/data/part-0.parquet``: that one object. ``s3://bucket/data/`` (trailing
+  slash): every object under the folder.
+- ``s3://bucket/prefix`` with ``format: s3-keys``: every object under the folder
+  ``prefix/`` (or under a key glob) is one item, with columns ``id`` (the key), ``key``,
+  ``size`` and ``etag``, in key order.
+
+Everything here runs inside the partition job, never when the Snakefile is parsed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import io
+import logging
+from typing import Any
+
+import polars as pl
+
+from orchestrator_ext.config import InputSpec
+from orchestrator_ext.errors import InputError, MissingOutput
+from orchestrator_ext.s3 import (
+    MAX_PAGE_SIZE,
+    S3Object,
+    glob_prefix,
+    has_glob,
+    list_objects,
+    make_s3_client,
+    read_bytes,
+    split_s3_uri,
+)
+
+logger = logging.getLogger(__name__)
+
+S3_KEYS_SCHEMA = {"id": pl.String, "key": pl.String, "size": pl.Int64, "etag": pl.String}
+
+
+def match_objects(
+    client: Any, uri: str, folder: bool = False, page_size: int = MAX_PAGE_SIZE
+) -> list[S3Object]:
+    """The objects ``uri`` names, sorted by key.
+
+    Args:
+        client: an S3 client (``make_s3_client``).
+        uri: ``s3://bucket/pattern``: a key glob, a single key, or a folder ending in ``/``.
+        folder: treat a ``uri`` without glob characters as a folder (``s3-keys``).
+        page_size: ListObjectsV2 page size (at most 1000).
+
+    Raises:
+        InputError: nothing matches. S3Error: missing bucket, endpoint or credentials.
+    """
+    bucket, pattern = split_s3_uri(uri)
+    what = f"input.uri {uri}"
+    if has_glob(pattern):
+        listed = list_objects(client, bucket, glob_prefix(pattern), page_size, what)
+        objects = [o for o in listed if fnmatch.fnmatchcase(o.key, pattern)]
+    elif folder or not pattern or pattern.endswith("/"):
+        prefix = pattern if not pattern or pattern.endswith("/") else f"{pattern}/"
+        objects = list(list_objects(client, bucket, prefix, page_size, what))
+    else:
+        listed = list_objects(client, bucket, pattern, page_size, what)
+        objects = [o for o in listed if o.key == pattern]
+    if not objects:
+        raise InputError(f"input.uri matches no S3 object: {uri}")
+    return sorted(objects, key=lambda o: o.key)
+
+
+def _read_object(client: Any, obj: S3Object, fmt: str) -> pl.DataFrame:
+    try:
+        data = io.BytesIO(read_bytes(client, obj.uri))
+    except MissingOutput:
+        raise InputError(f"S3 object vanished while reading the input: {obj.uri}") from None
+    try:
+        if fmt == "parquet":
+            return pl.read_parquet(data)
+        if fmt == "csv":
+            return pl.read_csv(data)
+        if fmt == "jsonl":
+            return pl.read_ndjson(data)
+    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise InputError(f"cannot read {obj.uri} as {fmt}: {detail}") from None
+    raise InputError(f"unknown input format {fmt!r}; expected parquet, csv, jsonl or s3-keys")
+
+
+def keys_frame(objects: list[S3Object]) -> pl.DataFrame:
+    """One item per object: ``id`` (= key), ``key``, ``size``, ``etag``."""
+    return pl.DataFrame(
+        {
+            "id": [o.key for o in objects],
+            "key": [o.key for o in objects],
+            "size": [o.size for o in objects],
+            "etag": [o.etag for o in objects],
+        },
+        schema=S3_KEYS_SCHEMA,
+    )
+
+
+def keys_listing(uri: str, objects: list[S3Object]) -> list[dict[str, Any]]:
+    """The plan's listing of an ``s3-keys`` source: one summary row, not one per key (the
+    items themselves are the keys), with a checksum over every key, size and etag."""
+    digest = hashlib.sha256()
+    for o in objects:
+        digest.update(f"{o.key}\t{o.size}\t{o.etag}\n".encode())
+    return [
+        {
+            "path": uri,
+            "objects": len(objects),
+            "bytes": sum(o.size for o in objects),
+            "keys_sha256": digest.hexdigest(),
+        }
+    ]
+
+
+def read_s3_items(
+    spec: InputSpec, client: Any = None, page_size: int = MAX_PAGE_SIZE
+) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+    """Read every item of an S3 source (see the module docstring) and check the ids.
+
+    Returns:
+        The items in key order, and the listing of what was read (``path`` = s3:// URI,
+        ``bytes``, ``etag``; one summary row for ``s3-keys``).
+
+    Raises:
+        InputError: no matching object, unreadable objects, no id column, null or
+            duplicate ids. S3Error: missing bucket, unreachable endpoint, no credentials.
+    """
+    from orchestrator_ext.partition import check_ids
+
+    client = client or make_s3_client()
+    if spec.format == "s3-keys":
+        objects = match_objects(client, spec.uri, folder=True, page_size=page_size)
+        items = keys_frame(objects)
+        check_ids(items, spec.id_column, spec.uri)
+        logger.info("listed %d objects under %s", len(objects), spec.uri)
+        return items, keys_listing(spec.uri, objects)
+    objects = match_objects(client, spec.uri, page_size=page_size)
+    frames = [_read_object(client, o, spec.format) for o in objects]
+    try:
+        items = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
+    except pl.exceptions.PolarsError as exc:
+        raise InputError(f"input objects do not share compatible columns: {exc}") from None
+    check_ids(items, spec.id_column, spec.uri)
+    listing = [{"path": o.uri, "bytes": o.size, "etag": o.etag} for o in objects]
+    logger.info("read %d items from %d objects matching %s", items.height, len(objects), spec.uri)
+    return items, listing
