@@ -1,22 +1,26 @@
-"""End to end on the real local Slurm cluster (slurmctld, slurmd, slurmdbd) with task state in
-DynamoDB on the local AWS endpoint, through the official Slurm executor plugin."""
+"""End to end on the real local Slurm cluster (slurmctld, slurmd, slurmdbd) through the
+official Slurm executor plugin, with every file of the run in S3 and task state in DynamoDB,
+both on the local AWS endpoint."""
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
-from conftest import REPO, SNAKEMAKE, run_snakemake, write_config
+from conftest import ORCHESTRATOR, REPO, SNAKEMAKE, run_snakemake, write_config
 
+from orchestrator_ext import s3
 from orchestrator_ext.config import load_config
 from orchestrator_ext.example_data import make_records
 from orchestrator_ext.layout import RunLayout
-from orchestrator_ext.manifest import verify_manifest
 from orchestrator_ext.state.dynamodb import DynamoStateStore, create_table, make_client
 
 pytestmark = pytest.mark.workflow
@@ -76,44 +80,79 @@ def run_on_slurm(
     return result
 
 
-def _sha256(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+@pytest.fixture
+def s3_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """AWS settings as a cluster user sets them: environment variables that sbatch exports
+    to every job (storage options on the command line would not reach the jobs)."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", moto_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("SNAKEMAKE_STORAGE_S3_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("SNAKEMAKE_STORAGE_S3_ACCESS_KEY", "testing")
+    monkeypatch.setenv("SNAKEMAKE_STORAGE_S3_SECRET_KEY", "testing")
+    return moto_endpoint
 
 
 class TestSlurmRun:
-    def test_example_runs_on_slurm_with_dynamodb_state(
-        self, tmp_path, make_config, aws_env, slurm_cluster
+    def test_example_runs_on_slurm_with_s3_files_and_dynamodb_state(
+        self, tmp_path, make_config, s3_env, slurm_cluster
     ):
-        make_records(2000, seed=11).write_parquet(tmp_path / "items.parquet")
-        table = f"orchestrator-state-{tmp_path.name}"[:200]
+        items = make_records(2000, seed=11)
+        items.write_parquet(tmp_path / "items.parquet")
+        client = s3.make_s3_client()
+        bucket = f"orchestrator-slurm-{uuid.uuid4().hex[:10]}"
+        client.create_bucket(Bucket=bucket)
+        client.upload_file(str(tmp_path / "items.parquet"), bucket, "input/items.parquet")
+        table = f"orchestrator-state-{uuid.uuid4().hex[:10]}"
         create_table(make_client(), table)
         config: dict[str, Any] = make_config(
             run_id="slurm",
+            output_root=f"s3://{bucket}/runs",
+            input={"uri": f"s3://{bucket}/input/*.parquet", "format": "parquet"},
             batching={"max_items": 500},
             merge={"fan_in": 2, "mode": "reduce"},
             state={"backend": "dynamodb", "table": table},
         )
         configfile = write_config(tmp_path / "slurm.yaml", config)
-
         run_on_slurm(tmp_path, configfile)
 
-        layout = RunLayout(f"{config['output_root']}/slurm")
         store = DynamoStateStore.from_config(load_config(config))
         tasks = {t.task_id: t for t in store.tasks()}
-        batches = [t for t in tasks.values() if t.kind == "batch"]
-        assert len(batches) == 4
+        assert len([t for t in tasks.values() if t.kind == "batch"]) == 4
         assert {str(t.status) for t in tasks.values()} == {"SUCCEEDED"}
         job_ids = [t.slurm_job_id for t in tasks.values()]
         assert all(job_ids), "every task records the Slurm job id it ran in"
         assert set(_sacct_states(job_ids).values()) == {"COMPLETED"}
-        assert verify_manifest(layout.manifest) == []
+        verify = subprocess.run(
+            [ORCHESTRATOR, "manifest", "verify", "--configfile", str(configfile)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert verify.returncode == 0, verify.stderr
+        final_uri = RunLayout(f"s3://{bucket}/runs/slurm").final
+        manifest = json.loads(
+            s3.read_bytes(client, RunLayout(f"s3://{bucket}/runs/slurm").manifest)
+        )
+        assert manifest["final"]["uri"] == final_uri
 
-        # The same config run locally (SQLite state) gives the identical final result.
-        local = {**config, "run_id": "local", "state": {"backend": "sqlite"}}
+        # The same config run locally (local files, SQLite state) gives the same result.
+        local = {
+            **config,
+            "run_id": "local",
+            "output_root": str(tmp_path / "out"),
+            "input": {"uri": str(tmp_path / "items.parquet"), "format": "parquet"},
+            "state": {"backend": "sqlite"},
+        }
         run_snakemake(tmp_path, write_config(tmp_path / "local.yaml", local))
-        local_final = RunLayout(f"{config['output_root']}/local").final
-        assert _sha256(layout.final) == _sha256(local_final)
-        assert pl.read_parquet(layout.final).equals(pl.read_parquet(local_final))
+        local_final = Path(RunLayout(str(tmp_path / "out" / "local")).final).read_bytes()
+        cluster_final = s3.read_bytes(client, final_uri)
+        assert hashlib.sha256(cluster_final).hexdigest() == manifest["final"]["sha256"]
+        assert hashlib.sha256(cluster_final).hexdigest() == hashlib.sha256(local_final).hexdigest()
+        assert pl.read_parquet(io.BytesIO(cluster_final)).equals(
+            pl.read_parquet(io.BytesIO(local_final))
+        )
 
         # A second invocation has nothing to do and submits nothing to Slurm.
         before = _all_slurm_jobs()
