@@ -69,6 +69,16 @@ def local_plan_file():
     return plan_file
 
 
+def get_mem_mb(wildcards, attempt):
+    """Memory of this attempt: resources.mem_mb, escalated per attempt and capped."""
+    return RUN.resources.for_attempt(attempt)[0]
+
+
+def get_runtime(wildcards, attempt):
+    """Wall time (minutes) of this attempt, escalated like the memory."""
+    return RUN.resources.for_attempt(attempt)[1]
+
+
 def get_node_files(level, index):
     """Data and record file of a merge-tree node (level 0 = batch results)."""
     plan = get_plan()

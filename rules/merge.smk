@@ -9,6 +9,9 @@ rule merge_level:
         record=LAYOUT.merge_record("{level}", "{part}"),
     log:
         LAYOUT.log("merge_level", "L{level}-{part}"),
+    resources:
+        mem_mb=get_mem_mb,
+        runtime=get_runtime,
     conda:
         "../environment.yml"
     params:
@@ -27,6 +30,9 @@ rule merge_final:
         record=LAYOUT.final_record,
     log:
         LAYOUT.log("merge_final", "final"),
+    resources:
+        mem_mb=get_mem_mb,
+        runtime=get_runtime,
     conda:
         "../environment.yml"
     params:

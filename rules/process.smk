@@ -11,6 +11,9 @@ rule process_batch:
         record=LAYOUT.result_record("{batch}"),
     log:
         LAYOUT.log("process_batch", "{batch}"),
+    resources:
+        mem_mb=get_mem_mb,
+        runtime=get_runtime,
     conda:
         "../environment.yml"
     params:
