@@ -66,38 +66,380 @@ def _open_store(config: RunConfig):  # type: ignore[no-untyped-def]
     return open_state_store(config)
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    """Counts of tasks by status."""
+    """Progress, throughput, ETA, failures by category, the slowest running batches."""
+    from rich.console import Console
+
+    from orchestrator_ext.status import RunStatus, build_status, render_status, watch_status
+
+    config = load_cli_config(args)
+    store = _open_store(config)
+
+    def snapshot(source: Any) -> RunStatus:
+        return build_status(
+            config.run_id, source.tasks(), resources=config.resources, slowest=args.slowest
+        )
+
+    try:
+        if args.watch:
+            watch_status(store, snapshot, Console(), args.interval, args.count, args.json)
+            return 0
+        status = snapshot(store)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(status.to_dict(), indent=2, sort_keys=True))
+        return 0
+    Console().print(render_status(status))
+    return 0
+
+
+def cmd_errors(args: argparse.Namespace) -> int:
+    """Failed and dead tasks from the state store, and dead-lettered items."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from orchestrator_ext.history import (
+        UnknownTask,
+        batch_task,
+        list_failures,
+        read_dead_letters,
+    )
+    from orchestrator_ext.layout import RunLayout
+
     config = load_cli_config(args)
     store = _open_store(config)
     try:
         tasks = store.tasks()
-        counts = store.counts()
     finally:
         store.close()
-    by_kind: dict[str, dict[str, int]] = {}
-    for task in tasks:
-        kind = by_kind.setdefault(task.kind, {})
-        kind[str(task.status)] = kind.get(str(task.status), 0) + 1
-    summary = {
+    task_id = batch_task(args.batch) if args.batch is not None else None
+    if task_id is not None and task_id not in {t.task_id for t in tasks}:
+        raise UnknownTask(f"--batch {args.batch}: the run has no task {task_id}")
+    failures = list_failures(tasks, RunLayout(config.run_dir), args.category, task_id)
+    remote = config.run_dir.startswith("s3://")
+    dead = read_dead_letters(config.run_dir, args.category, task_id, args.limit or None)
+    report = {
         "run_id": config.run_id,
-        "tasks": len(tasks),
-        "by_status": counts,
-        "by_kind": by_kind,
+        "filters": {"category": args.category, "batch": task_id},
+        "failed_tasks": [f.to_dict() for f in failures],
+        "dead_letters": dead.to_dict(),
+        "dead_letters_read": not remote,
     }
     if args.json:
-        print(json.dumps(summary, indent=2, sort_keys=True))
+        print(json.dumps(report, indent=2, sort_keys=True, default=str))
+        return 0
+    console = Console()
+    if failures:
+        table = Table(title=f"failed tasks ({len(failures)})", title_justify="left")
+        for column in ("task", "status", "category", "error", "attempt", "slurm job", "log"):
+            table.add_column(column, overflow="fold")
+        for f in failures:
+            table.add_row(
+                f.task_id, f.status, f.category, f"{f.error_type or ''}: {f.message or ''}",
+                str(f.attempt), f.slurm_job_id or "-", f.log or "-",
+            )  # fmt: skip
+        console.print(table)
+    else:
+        console.print("no failed tasks")
+    if remote:
+        console.print("dead-lettered items: the run is in S3; their counts are in the manifest")
+    elif dead.total:
+        table = Table(
+            title=f"dead-lettered items: showing {len(dead.items)} of {dead.total}",
+            title_justify="left",
+        )
+        for column in ("batch", "id", "category", "attempt", "message"):
+            table.add_column(column, overflow="fold")
+        for item in dead.items:  # the message starts with the error type
+            table.add_row(item.batch_id, str(item.id), item.category, str(item.attempt),
+                          item.message)  # fmt: skip
+        console.print(table)
+    else:
+        console.print("no dead-lettered items")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Every state transition of the run (or of one task), oldest first."""
+    from orchestrator_ext.history import audit_rows, resolve_task
+
+    config = load_cli_config(args)
+    store = _open_store(config)
+    try:
+        task_id = resolve_task(args.task, [t.task_id for t in store.tasks()]) if args.task else None
+        rows = audit_rows(store.transitions(task_id))
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps({"run_id": config.run_id, "task": task_id, "transitions": rows},
+                         indent=2))  # fmt: skip
+        return 0
+    # One line per transition (not a table): easy to grep, never wrapped.
+    print(f"run {config.run_id}: {len(rows)} transitions")
+    for row in rows:
+        detail = f"  {row['detail']}" if row["detail"] else ""
+        print(
+            f"{row['at']}  {row['task_id']:<22} {row['from'] or '-':>9} -> {row['to']:<9} "
+            f"attempt {row['attempt']}  host {row['host'] or '-'}  "
+            f"slurm {row['slurm_job_id'] or '-'}{detail}"
+        )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the run's HTML dashboard."""
+    import os
+
+    from orchestrator_ext.report import PLOT_IDS, write_report_html
+
+    config = load_cli_config(args)
+    output = args.output or (
+        f"{config.run_id}-report.html"
+        if config.run_dir.startswith("s3://")
+        else f"{config.run_dir}/report.html"
+    )
+    store = _open_store(config)
+    try:
+        path = write_report_html(config, output, store=store)
+    finally:
+        store.close()
+    size = os.path.getsize(path)
+    if args.json:
+        print(json.dumps({"report": str(path), "bytes": size, "plots": list(PLOT_IDS)}))
+    else:
+        print(f"wrote {path} ({size / 1e6:.1f} MB): open it in a browser; it needs no network")
+    return 0
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    """Estimated S3 requests, DynamoDB units, core-hours and their cost."""
+    from orchestrator_ext import cost
+    from orchestrator_ext.layout import RunLayout
+    from orchestrator_ext.report import read_json_at
+
+    config = load_cli_config(args)
+    prices = cost.load_prices(args.prices)
+    workload, reasons = None, []
+    if args.source in ("auto", "store"):
+        try:
+            store = _open_store(config)
+            try:
+                tasks, transitions = store.tasks(), store.transitions()
+            finally:
+                store.close()
+            plan = read_json_at(RunLayout(config.run_dir).plan)
+            workload = cost.build_workload_from_store(config, tasks, transitions, plan)
+        except OrchestratorError as exc:
+            if args.source == "store":
+                raise
+            reasons.append(f"no state store figures ({exc})")
+    if workload is None and args.source in ("auto", "plan"):
+        plan = read_json_at(RunLayout(config.run_dir).plan)
+        if plan is not None:
+            workload = cost.build_workload_from_plan(config, plan, args.batch_seconds)
+        elif args.source == "plan":
+            raise cost.CostError(
+                f"no plan at {RunLayout(config.run_dir).plan}: run the partition step"
+            )
+    if workload is None:
+        workload = cost.build_workload_from_config(config, args.items, args.batch_seconds)
+    estimate = cost.estimate_cost(config, workload, prices, args.cpus_per_job)
+    estimate.notes.extend(reasons)
+    if args.json:
+        print(json.dumps(estimate.to_dict(), indent=2, sort_keys=True))
         return 0
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=f"run {config.run_id}: {len(tasks)} tasks")
-    table.add_column("status")
-    table.add_column("tasks", justify="right")
-    for status, n in counts.items():
-        table.add_row(status, str(n))
-    Console().print(table)
+    Console().print(cost.render_cost(estimate))
     return 0
+
+
+def cmd_iam_policy(args: argparse.Namespace) -> int:
+    """Print a least-privilege IAM policy for the run."""
+    from orchestrator_ext.iam import build_policy, placeholders
+
+    config = load_cli_config(args)
+    policy = build_policy(
+        config, account=args.account, region=args.region, partition=args.partition,
+        kms_key_arn=args.kms_key_arn, strict_list=args.strict_list,
+    )  # fmt: skip
+    print(json.dumps(policy, indent=2))
+    left = placeholders(policy)
+    if left and not args.json:
+        print(f"replace {' and '.join(left)} before use (--account, --region)", file=sys.stderr)
+    return 0
+
+
+def cmd_redrive(args: argparse.Namespace) -> int:
+    """Write a new run config over the dead-lettered items of a finished run."""
+    from orchestrator_ext.redrive import redrive
+
+    config = load_cli_config(args)
+    plan = redrive(config, args.out, args.run_id, args.items_out, args.category)
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2, sort_keys=True))
+        return 0
+    categories = ", ".join(f"{n} {c}" for c, n in plan.by_category.items())
+    print(
+        f"wrote {plan.config} for run {plan.run_id}: {plan.items} items ({categories}) in "
+        f"{plan.items_file}\nfix the cause, then: snakemake --profile profiles/local "
+        f"--configfile {plan.config}"
+    )
+    return 0
+
+
+_CATEGORIES = ["transient", "resource", "permanent"]
+
+
+def _add_operation_commands(sub: Any, with_config: Any) -> None:
+    """Register status, errors, audit, report, cost, iam-policy and redrive."""
+    raw = argparse.RawDescriptionHelpFormatter
+
+    def add(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        return with_config(  # type: ignore[no-any-return]
+            sub.add_parser(name, help=help_text, description=description, formatter_class=raw)
+        )
+
+    status = add(
+        "status", "progress, throughput, ETA, failures by category, slowest running batches",
+        "Where the run stands, from its state store (SQLite or DynamoDB); safe to run from\n"
+        "another terminal while Snakemake runs. Progress counts batches; throughput is\n"
+        "measured over the last 10 minutes (or the whole run); ETA = batches left /\n"
+        "throughput. A running batch past its wall time is flagged OVERDUE (probably\n"
+        "killed). JSON keeps run_id, tasks, by_status and by_kind and adds the rest.",
+    )  # fmt: skip
+    status.add_argument("--watch", action="store_true",
+                        help="refresh in place until the run finished or Ctrl-C "
+                        "(with --json: one JSON object per line)")  # fmt: skip
+    status.add_argument("--interval", type=_positive_float, default=5.0, metavar="SECONDS",
+                        help="seconds between refreshes with --watch (default 5); each refresh "
+                        "reads every task row once")  # fmt: skip
+    status.add_argument("--count", type=_positive_int, default=None, metavar="N",
+                        help="stop --watch after N refreshes (default: no limit)")  # fmt: skip
+    status.add_argument("--slowest", type=_non_negative_int, default=5, metavar="N",
+                        help="running batches to list, longest first (default 5)")  # fmt: skip
+    status.set_defaults(func=cmd_status)
+
+    errors = add(
+        "errors", "failed tasks and dead-lettered items, with category and log path",
+        "Tasks whose status is FAILED (may be retried) or DEAD (will not be), with category,\n"
+        "error type, message, attempt, Slurm job id and log file; then the dead-lettered\n"
+        "items read from dead_letter/batch-*.parquet (local runs).",
+    )  # fmt: skip
+    errors.add_argument("--category", choices=[*_CATEGORIES, "unknown"],
+                        help="only failures of this category")  # fmt: skip
+    errors.add_argument("--batch", metavar="N", help="only batch N (e.g. 3 or 00003)")
+    errors.add_argument("--limit", type=_non_negative_int, default=100, metavar="N",
+                        help="dead-lettered items to list (default 100; 0 = all); totals "
+                        "always count all")  # fmt: skip
+    errors.set_defaults(func=cmd_errors)
+
+    audit = add(
+        "audit", "every state transition of the run (append-only log)",
+        "The state store's append-only log: task, from, to, attempt, host, Slurm job id,\n"
+        "time and detail of every status change, oldest first.",
+    )  # fmt: skip
+    audit.add_argument("--task", metavar="T",
+                       help="only task T (e.g. batch-00003, merge-L1-part-00000, final; "
+                       "a bare number means that batch)")  # fmt: skip
+    audit.set_defaults(func=cmd_audit)
+
+    report = add(
+        "report", "write a self-contained HTML dashboard with plots",
+        "One HTML file (plotly.js inline, no network needed) with batch durations,\n"
+        "throughput over time, attempts per batch, failures by category, dead letters,\n"
+        "the merge tree by status, failing tasks and the manifest summary.",
+    )  # fmt: skip
+    report.add_argument("-o", "--output", metavar="FILE",
+                        help="where to write it (default: {run_dir}/report.html; "
+                        "{run_id}-report.html for a run in S3)")  # fmt: skip
+    report.set_defaults(func=cmd_report)
+
+    cost_cmd = add(
+        "cost", "estimated S3 requests, DynamoDB units, core-hours and cost",
+        "Before a run: from the config (item count / batching.max_items) or, once\n"
+        "partitioned, from the plan. During and after: from the state store's audit log\n"
+        "(every attempt, measured run times). Prices: public list prices (us-east-1)\n"
+        "unless --prices names a YAML file, e.g.\n"
+        "  currency: EUR\n"
+        "  s3: {put_per_1000: 0.005, get_per_1000: 0.0004, storage_gb_month: 0.023}\n"
+        "  dynamodb: {write_per_million: 0.625, read_per_million: 0.125}\n"
+        "  compute: {core_hour: 0.03}",
+    )  # fmt: skip
+    cost_cmd.add_argument("--source", choices=["auto", "config", "plan", "store"],
+                          default="auto", help="what to estimate from (default auto: "
+                          "the state store if it has batches, else the plan, else the "
+                          "config)")  # fmt: skip
+    cost_cmd.add_argument("--items", type=_positive_int, metavar="N",
+                          help="item count when estimating from the config (default: "
+                          "counted from local input files)")  # fmt: skip
+    cost_cmd.add_argument("--batch-seconds", type=_positive_float, metavar="S",
+                          help="expected seconds per job before a run (default: "
+                          "resources.runtime, an upper bound)")  # fmt: skip
+    cost_cmd.add_argument("--cpus-per-job", type=_positive_int, default=1, metavar="N",
+                          help="cores each job holds (default 1)")  # fmt: skip
+    cost_cmd.add_argument("--prices", metavar="FILE", help="YAML file of unit prices")
+    cost_cmd.set_defaults(func=cmd_cost)
+
+    iam = add(
+        "iam-policy", "a least-privilege IAM policy JSON for this run",
+        "S3 object actions only under {output_root}/{run_id}/, listing only with that\n"
+        "prefix, the input read-only, DynamoDB item actions only on the state table and\n"
+        "only for items whose partition key is the run id (dynamodb:LeadingKeys). No\n"
+        "statement has a '*' resource. See docs/threat-model.md.",
+    )  # fmt: skip
+    iam.add_argument("--account", default="ACCOUNT_ID",
+                     help="AWS account id of the table (default: placeholder "
+                     "ACCOUNT_ID)")  # fmt: skip
+    iam.add_argument("--region", help="region of the table (default: state.region, else "
+                     "placeholder REGION)")  # fmt: skip
+    iam.add_argument("--partition", default="aws", choices=["aws", "aws-cn", "aws-us-gov"],
+                     help="AWS partition (default aws)")  # fmt: skip
+    iam.add_argument("--kms-key-arn", help="the bucket's KMS key, if it uses SSE-KMS")
+    iam.add_argument("--strict-list", action="store_true",
+                     help="leave out the prefix-less s3:ListBucket the S3 storage plugin needs "
+                     "for HeadBucket (see docs/threat-model.md)")  # fmt: skip
+    iam.set_defaults(func=cmd_iam_policy)
+
+    redrive_cmd = add(
+        "redrive", "write a new run config over this run's dead-lettered items",
+        "Joins the ids in dead_letter/batch-*.parquet with the run's batch files and\n"
+        "writes their original rows as the new run's input (Parquet), a config that is\n"
+        "this one with run_id and input replaced, and redrive.json in both run folders.\n"
+        "The run must have finished (manifest.json present).",
+    )  # fmt: skip
+    redrive_cmd.add_argument("--out", required=True, metavar="NEW_CONFIG",
+                             help="the new run's config file to write")  # fmt: skip
+    redrive_cmd.add_argument("--run-id", metavar="NEW",
+                             help="the new run's id (default: {run_id}-redrive-N)")  # fmt: skip
+    redrive_cmd.add_argument("--items-out", metavar="FILE",
+                             help="the new input file (default: {NEW}-items.parquet beside "
+                             "NEW_CONFIG)")  # fmt: skip
+    redrive_cmd.add_argument("--category", choices=_CATEGORIES,
+                             help="only items dead-lettered with this category")  # fmt: skip
+    redrive_cmd.set_defaults(func=cmd_redrive)
 
 
 def cmd_manifest_verify(args: argparse.Namespace) -> int:
@@ -191,8 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
         return p
 
-    status = with_config(sub.add_parser("status", help="counts of the run's tasks by status"))
-    status.set_defaults(func=cmd_status)
+    _add_operation_commands(sub, with_config)
 
     init = with_config(
         sub.add_parser(

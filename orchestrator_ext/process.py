@@ -13,6 +13,10 @@ A batch whose dead-lettered fraction exceeds ``tolerance.max_dead_letter_fractio
 permanently. The outputs (result, dead letters, record) are written under temporary names
 and published only after the state store accepted the commit, so an attempt that lost the
 lease to a newer one never publishes anything.
+
+With ``checkpoint:`` configured the batch is worked through in chunks that are persisted as
+they finish, and a retried attempt resumes after the last intact one (see ``checkpoint``).
+With ``faults.enabled`` the seeded faults of ``faults`` are injected around the job calls.
 """
 
 from __future__ import annotations
@@ -33,15 +37,18 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from orchestrator_ext import checkpoint
 from orchestrator_ext.config import RetrySpec, RunConfig
-from orchestrator_ext.errors import BatchFailed, Category, classify, describe
+from orchestrator_ext.errors import BatchFailed, Category, StateConflict, classify, describe
+from orchestrator_ext.faults import FaultInjector, injector_for
 from orchestrator_ext.job import JobContext, job_context, load_callable
 from orchestrator_ext.layout import task_id_for_batch
-from orchestrator_ext.state import StateStore, current_host
+from orchestrator_ext.state import Attempt, StateStore, current_host
 from orchestrator_ext.storage import (
     atomic_path,
     file_facts,
     read_json,
+    sha256_file,
     verify_checksum,
     write_json,
 )
@@ -57,6 +64,8 @@ class BatchOutcome:
 
     result: pl.DataFrame
     dead: list[dict[str, Any]] = field(default_factory=list)
+    #: Items worked through (item mode may stop early at a checkpoint ``deadline``).
+    items_done: int | None = None
 
 
 def transient_retrying(spec: RetrySpec) -> Retrying:
@@ -87,9 +96,22 @@ def _dead_letter(item_id: Any, exc: BaseException, attempt: int) -> dict[str, An
 
 
 def run_item_mode(
-    items: pl.DataFrame, fn: Callable[..., Any], ctx: JobContext, id_column: str, retry: RetrySpec
+    items: pl.DataFrame,
+    fn: Callable[..., Any],
+    ctx: JobContext,
+    id_column: str,
+    retry: RetrySpec,
+    faults: FaultInjector | None = None,
+    start: int = 0,
+    deadline: float | None = None,
 ) -> BatchOutcome:
     """Call ``fn`` per item; collect returned rows and dead-letter permanent failures.
+
+    Args:
+        faults: injected faults, if enabled.
+        start: position of ``items``' first row in the batch (for ``faults``).
+        deadline: ``time.monotonic()`` value after which to stop (at least one item is
+            done); ``items_done`` of the outcome says how far it got.
 
     Raises:
         MemoryError: a resource error aborts the batch (it is retried with more memory).
@@ -97,9 +119,16 @@ def run_item_mode(
     rows: list[dict[str, Any]] = []
     dead: list[dict[str, Any]] = []
     policy = transient_retrying(retry)
+    call = faults.wrap_item(fn, id_column) if faults else fn
+    done = 0
     for item in items.iter_rows(named=True):
+        if done and deadline is not None and time.monotonic() >= deadline:
+            break
+        if faults:
+            faults.before_step(start + done)
+        done += 1
         try:
-            produced = policy(fn, item, ctx)
+            produced = policy(call, item, ctx)
         except Exception as exc:
             if classify(exc) is Category.RESOURCE:
                 raise
@@ -109,14 +138,27 @@ def run_item_mode(
             continue
         rows.extend(produced if isinstance(produced, list) else [produced])
     result = pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
-    return BatchOutcome(result, dead)
+    return BatchOutcome(result, dead, done)
 
 
 def run_batch_mode(
-    items: pl.DataFrame, fn: Callable[..., Any], ctx: JobContext, id_column: str, retry: RetrySpec
+    items: pl.DataFrame,
+    fn: Callable[..., Any],
+    ctx: JobContext,
+    id_column: str,
+    retry: RetrySpec,
+    faults: FaultInjector | None = None,
+    start: int = 0,
 ) -> BatchOutcome:
-    """Call ``fn`` on the whole batch; on a permanent error, bisect to isolate bad items."""
+    """Call ``fn`` on the whole batch; on a permanent error, bisect to isolate bad items.
+
+    ``faults`` (if enabled) are injected around every call; ``start`` is the position of
+    ``items``' first row in the batch.
+    """
     policy = transient_retrying(retry)
+    if faults:
+        faults.before_step(start, items.height)
+        fn = faults.wrap_batch(fn, id_column)
     parts: list[pl.DataFrame] = []
     dead: list[dict[str, Any]] = []
     pending = [items]
@@ -141,7 +183,7 @@ def run_batch_mode(
             raise TypeError(f"job returned {type(out).__name__}, expected a polars DataFrame")
         parts.append(out)
     result = pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame()
-    return BatchOutcome(result, dead)
+    return BatchOutcome(result, dead, items.height)
 
 
 def dead_letter_frame(dead: list[dict[str, Any]], id_dtype: pl.DataType) -> pl.DataFrame:
@@ -196,7 +238,10 @@ def process_batch(
         if batch_sha256:
             verify_checksum(batch_file, batch_sha256, f"batch {batch} input")
         items = pl.read_parquet(batch_file)
-        outcome = _run_job(config, items, batch, lease.attempt)
+        chunks = _open_chunks(
+            config, store, lease, batch, items, batch_file, batch_sha256, result_file
+        )
+        outcome = _run_job(config, items, batch, lease.attempt, store, lease, chunks)
         n_items, n_dead = items.height, len(outcome.dead)
         check_tolerance(batch, n_items, outcome.dead, config.max_dead_letter_fraction)
         dead = dead_letter_frame(outcome.dead, items.schema[config.input.id_column])
@@ -227,20 +272,108 @@ def process_batch(
                 "host": host,
                 "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             }
+            if chunks is not None:
+                record["checkpoint"] = {
+                    "chunks": len(chunks.chunks),
+                    "items_by_attempt": chunks.items_by_attempt(),
+                }
             write_json(tmp_record, record)
             # Commit before publishing: a lost race raises here and the temporaries vanish.
-            store.succeed(
-                lease, facts["sha256"], items=n_items, items_done=n_items, items_dead=n_dead
-            )
+            try:
+                store.succeed(
+                    lease, facts["sha256"], items=n_items, items_done=n_items, items_dead=n_dead
+                )
+            except StateConflict as exc:
+                logger.warning(
+                    "batch %s: attempt %d lost the race, publishing nothing: %s",
+                    batch, lease.attempt, exc,
+                )  # fmt: skip
+                raise
+    if chunks is not None:
+        chunks.clear()  # the batch committed: its chunks are no longer needed
     logger.info("batch %s: %d items, %d dead, %d rows", batch, n_items, n_dead, record["rows"])
     return record
 
 
-def _run_job(config: RunConfig, items: pl.DataFrame, batch: str, attempt: int) -> BatchOutcome:
+def _run_job(
+    config: RunConfig,
+    items: pl.DataFrame,
+    batch: str,
+    attempt: int,
+    store: StateStore | None = None,
+    lease: Attempt | None = None,
+    chunks: checkpoint.ChunkStore | None = None,
+) -> BatchOutcome:
     fn = load_callable(config.job.function)
+    faults = injector_for(config.faults, batch, attempt)
     with job_context(config.run_id, batch, attempt, config.job.params) as ctx:
+        if chunks is not None and store is not None and lease is not None:
+            return _run_in_chunks(config, items, fn, ctx, faults, chunks, store, lease)
         runner = run_item_mode if config.job.mode == "item" else run_batch_mode
-        return runner(items, fn, ctx, config.input.id_column, config.retry)
+        return runner(items, fn, ctx, config.input.id_column, config.retry, faults)
+
+
+def _open_chunks(
+    config: RunConfig,
+    store: StateStore,
+    lease: Attempt,
+    batch: str,
+    items: pl.DataFrame,
+    batch_file: str,
+    batch_sha256: str | None,
+    result_file: str,
+) -> checkpoint.ChunkStore | None:
+    """The batch's checkpoint chunks (resumed if intact), or None without checkpoints."""
+    if not checkpoint.enabled(config.checkpoint):
+        return None
+    key = checkpoint.checkpoint_key(config, batch_sha256 or sha256_file(batch_file))
+    chunks = checkpoint.ChunkStore(checkpoint.checkpoint_dir(result_file, batch), key, batch)
+    if chunks.resume():
+        checkpoint.note_resume(store, lease, chunks, items.height)
+    return chunks
+
+
+def _run_in_chunks(
+    config: RunConfig,
+    items: pl.DataFrame,
+    fn: Callable[..., Any],
+    ctx: JobContext,
+    faults: FaultInjector | None,
+    chunks: checkpoint.ChunkStore,
+    store: StateStore,
+    lease: Attempt,
+) -> BatchOutcome:
+    """Work through the batch from the last persisted chunk on, persisting each chunk and
+    recording progress; the outcome is assembled from all chunks (see ``checkpoint``)."""
+    spec, id_column = config.checkpoint, config.input.id_column
+    id_dtype = items.schema[id_column]
+    position = chunks.items_done
+    while position < items.height:
+        started = time.monotonic()
+        if config.job.mode == "item":
+            deadline = started + spec.every_seconds if spec.every_seconds is not None else None
+            part = run_item_mode(
+                items.slice(position, spec.every_items or items.height), fn, ctx, id_column,
+                config.retry, faults, start=position, deadline=deadline,
+            )  # fmt: skip
+            results, dead, end = [part.result], part.dead, position + (part.items_done or 0)
+        else:
+            size, results, dead, end = checkpoint.batch_slice_size(spec), [], [], position
+            while end < items.height:
+                part = run_batch_mode(
+                    items.slice(end, size), fn, ctx, id_column, config.retry, faults, start=end
+                )
+                results.append(part.result)
+                dead += part.dead
+                end = min(end + size, items.height)
+                if spec.every_items or time.monotonic() - started >= (spec.every_seconds or 0):
+                    break
+        result = pl.concat(results, how="diagonal_relaxed")
+        chunks.save(position, end, result, dead_letter_frame(dead, id_dtype), lease.attempt)
+        store.record_progress(lease, end)
+        position = end
+    result, dead_rows = chunks.combined()
+    return BatchOutcome(result, dead_rows, items.height)
 
 
 def check_tolerance(

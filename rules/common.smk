@@ -124,7 +124,8 @@ def get_final_output(wildcards):
     rebuild a deleted batch result (and only its merge path) even though the final result
     is still present."""
     inputs = get_manifest_inputs(wildcards)
-    return [LAYOUT.manifest, *(f for v in inputs.values() for f in _as_list(v))]
+    files = [f for v in inputs.values() for f in _as_list(v)]
+    return [LAYOUT.manifest, *files, rules.report_dashboard.output.dashboard]
 
 
 def _as_list(value):

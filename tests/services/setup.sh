@@ -3,8 +3,9 @@
 #   slurm : single-node Slurm 22.05 from Debian packages (munge, MariaDB, slurmdbd,
 #           slurmctld, slurmd -N localhost), account "orchestrator" for root, smoke job.
 #   moto  : moto_server (S3 + DynamoDB) on ${MOTO_PORT:-5555}.
+#   chromium : Debian's chromium for the headless dashboard tests, smoke render.
 #
-# Usage: tests/services/setup.sh [slurm|moto|all]      (default: all)
+# Usage: tests/services/setup.sh [slurm|moto|chromium|all]      (default: all)
 # Idempotent: healthy daemons are left alone, so a second run takes a second or two.
 # Daemon logs and pid files go to ${SERVICES_DIR:-/tmp/orchestrator-services};
 # tests/services/stop.sh stops what this script started.
@@ -73,9 +74,10 @@ elapsed() { printf '%ss' "$SECONDS"; }
 
 # --------------------------------------------------------------------------- slurm
 
-install_packages() {
+install_packages() { # PACKAGE... (default: the Slurm packages)
     local missing=() p
-    for p in "${APT_PACKAGES[@]}"; do
+    (($# > 0)) || set -- "${APT_PACKAGES[@]}"
+    for p in "$@"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
     done
     ((${#missing[@]} == 0)) && return 0
@@ -83,7 +85,7 @@ install_packages() {
     export DEBIAN_FRONTEND=noninteractive
     {
         apt-get update -q &&
-            apt-get install -y -q --no-install-recommends "${APT_PACKAGES[@]}"
+            apt-get install -y -q --no-install-recommends "$@"
     } >>"$SERVICES_DIR/apt.log" 2>&1 || fail_daemon apt-get "$SERVICES_DIR/apt.log" "failed"
     log "packages installed ($(elapsed))"
 }
@@ -389,25 +391,39 @@ setup_moto() {
     log "moto: answering on $moto_url ($(elapsed))"
 }
 
+# --------------------------------------------------------------------------- chromium
+
+setup_chromium() {
+    local logfile=$SERVICES_DIR/chromium.log
+    install_packages chromium
+    # a blank page rendered headless proves the browser starts in this container
+    timeout 60 chromium --headless --no-sandbox --disable-gpu --no-first-run \
+        --user-data-dir="$SERVICES_DIR/chromium-profile" --dump-dom about:blank \
+        >/dev/null 2>>"$logfile" || fail_daemon chromium "$logfile" "cannot render headless"
+    log "chromium: $(chromium --version 2>/dev/null) renders headless ($(elapsed))"
+}
+
 # --------------------------------------------------------------------------- main
 
 main() {
     local what=${1:-all}
     case $what in
-    slurm | moto | all) ;;
+    slurm | moto | chromium | all) ;;
     -h | --help)
-        sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
         return 0
         ;;
-    *) die "usage: $0 [slurm|moto|all]" ;;
+    *) die "usage: $0 [slurm|moto|chromium|all]" ;;
     esac
-    [[ $(id -u) == 0 ]] || [[ $what == moto ]] || die "slurm setup needs root"
+    [[ $(id -u) == 0 ]] || [[ $what == moto ]] || die "$what setup needs root (apt-get)"
     install -d -m 0755 "$SERVICES_DIR"
     case $what in
     slurm) setup_slurm ;;
     moto) setup_moto ;;
+    chromium) setup_chromium ;;
     all)
         setup_moto
+        setup_chromium
         setup_slurm
         ;;
     esac

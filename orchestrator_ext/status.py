@@ -1,0 +1,330 @@
+"""Where a run stands: progress, throughput, ETA, failures, the slowest running batches.
+
+``build_status`` turns the task rows of a state store (one ``tasks()`` call: a single Query
+on DynamoDB, a single SELECT on SQLite) into a ``RunStatus``; ``render_status`` makes a Rich
+renderable of it and ``watch_status`` refreshes that in place. Nothing reads the audit log,
+so polling stays one read per refresh however long the run has been going.
+
+Definitions (all over *batch* tasks; merges and the manifest are quick by comparison):
+
+- progress: SUCCEEDED batches of all batches the partition registered;
+- throughput: batches (and items) finished per minute over the last ``window_s`` seconds
+  when at least two finished in it, else over the whole run so far;
+- ETA: batches still to finish (neither SUCCEEDED nor DEAD) divided by the throughput;
+- overdue: a RUNNING attempt older than the wall time its attempt was given
+  (``resources.runtime`` escalated per attempt): probably killed without a record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from orchestrator_ext.history import UNKNOWN_CATEGORY, parse_time
+from orchestrator_ext.state import TaskRecord, TaskStatus
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+
+    from orchestrator_ext.config import ResourceSpec
+    from orchestrator_ext.state import StateStore
+
+#: Seconds of recent history the throughput is measured over.
+DEFAULT_WINDOW_S = 600.0
+#: Running batches listed as the slowest.
+DEFAULT_SLOWEST = 5
+
+
+@dataclass
+class RunningTask:
+    """A RUNNING task and how long its attempt has been going."""
+
+    task_id: str
+    attempt: int
+    host: str | None
+    slurm_job_id: str | None
+    started_at: str | None
+    elapsed_s: float
+    items_done: int | None
+    overdue: bool = False
+
+
+@dataclass
+class RunStatus:
+    """A snapshot of a run, built from its task rows."""
+
+    run_id: str
+    as_of: str
+    tasks: int
+    by_status: dict[str, int]
+    by_kind: dict[str, dict[str, int]]
+    batches_total: int = 0
+    batches_done: int = 0
+    batches_dead: int = 0
+    items_total: int = 0
+    items_done: int = 0
+    items_dead_lettered: int = 0
+    retried_tasks: int = 0
+    elapsed_s: float | None = None
+    batches_per_minute: float | None = None
+    items_per_second: float | None = None
+    throughput_basis: str | None = None
+    eta_s: float | None = None
+    eta_at: str | None = None
+    failures_by_category: dict[str, int] = field(default_factory=dict)
+    slowest_running: list[RunningTask] = field(default_factory=list)
+    finished: bool = False
+
+    @property
+    def fraction_done(self) -> float:
+        """Share of batches that succeeded (0 before partitioning)."""
+        return self.batches_done / self.batches_total if self.batches_total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: the original keys (run_id, tasks, by_status, by_kind) plus the rest."""
+        data = asdict(self)
+        data["fraction_done"] = round(self.fraction_done, 6)
+        return data
+
+
+def build_status(
+    run_id: str,
+    tasks: list[TaskRecord],
+    now: datetime | None = None,
+    resources: ResourceSpec | None = None,
+    window_s: float = DEFAULT_WINDOW_S,
+    slowest: int = DEFAULT_SLOWEST,
+) -> RunStatus:
+    """Summarise a run's task rows.
+
+    Args:
+        run_id: the run.
+        tasks: every task row (``StateStore.tasks()``).
+        now: the time to measure against (default: now, UTC).
+        resources: the run's resources, to flag RUNNING attempts past their wall time.
+        window_s: seconds of recent history for the throughput.
+        slowest: how many running batches to list.
+
+    Returns:
+        The snapshot; see the module docstring for the definitions.
+    """
+    now = now or datetime.now(UTC)
+    counts = {str(s): 0 for s in TaskStatus}
+    by_kind: dict[str, dict[str, int]] = {}
+    for task in tasks:
+        counts[str(task.status)] += 1
+        kind = by_kind.setdefault(task.kind, {})
+        kind[str(task.status)] = kind.get(str(task.status), 0) + 1
+    status = RunStatus(
+        run_id=run_id,
+        as_of=now.isoformat(timespec="seconds"),
+        tasks=len(tasks),
+        by_status=counts,
+        by_kind=by_kind,
+    )
+    batches = [t for t in tasks if t.kind == "batch"]
+    done = [t for t in batches if t.status == TaskStatus.SUCCEEDED]
+    status.batches_total = len(batches)
+    status.batches_done = len(done)
+    status.batches_dead = sum(t.status == TaskStatus.DEAD for t in batches)
+    status.items_total = sum(t.items or 0 for t in batches)
+    status.items_done = sum(t.items_done or 0 for t in batches)
+    status.items_dead_lettered = sum(t.items_dead or 0 for t in done)
+    status.retried_tasks = sum(t.attempt > 1 for t in tasks)
+    for task in tasks:
+        if task.status in (TaskStatus.FAILED, TaskStatus.DEAD):
+            key = task.error_category or UNKNOWN_CATEGORY
+            status.failures_by_category[key] = status.failures_by_category.get(key, 0) + 1
+    manifest = next((t for t in tasks if t.task_id == "manifest"), None)
+    status.finished = manifest is not None and manifest.status == TaskStatus.SUCCEEDED
+    _add_throughput(status, batches, done, now, window_s)
+    status.slowest_running = _slowest_running(batches, now, resources, slowest)
+    return status
+
+
+def _add_throughput(
+    status: RunStatus,
+    batches: list[TaskRecord],
+    done: list[TaskRecord],
+    now: datetime,
+    window_s: float,
+) -> None:
+    starts = [s for s in (parse_time(t.started_at) for t in batches) if s is not None]
+    if not starts:
+        return
+    first = min(starts)
+    status.elapsed_s = round((now - first).total_seconds(), 3)
+    finished = sorted(
+        (end, (t.items or 0)) for t in done if (end := parse_time(t.finished_at)) is not None
+    )
+    recent = [(end, n) for end, n in finished if (now - end).total_seconds() <= window_s]
+    if len(recent) >= 2 and status.elapsed_s > window_s:
+        span, sample, status.throughput_basis = window_s, recent, f"last {window_s:.0f} s"
+    else:
+        span, sample, status.throughput_basis = status.elapsed_s, finished, "whole run"
+    if not sample or span <= 0:
+        return
+    status.batches_per_minute = round(len(sample) / span * 60, 3)
+    status.items_per_second = round(sum(n for _, n in sample) / span, 3)
+    remaining = status.batches_total - status.batches_done - status.batches_dead
+    if remaining > 0 and status.batches_per_minute > 0:
+        status.eta_s = round(remaining / status.batches_per_minute * 60, 1)
+        status.eta_at = (now + timedelta(seconds=status.eta_s)).isoformat(timespec="seconds")
+    elif remaining == 0:
+        status.eta_s = 0.0
+
+
+def _slowest_running(
+    batches: list[TaskRecord], now: datetime, resources: ResourceSpec | None, n: int
+) -> list[RunningTask]:
+    running = []
+    for task in batches:
+        started = parse_time(task.started_at)
+        if task.status != TaskStatus.RUNNING or started is None:
+            continue
+        elapsed = (now - started).total_seconds()
+        limit_s = resources.for_attempt(task.attempt)[1] * 60 if resources else None
+        running.append(
+            RunningTask(
+                task_id=task.task_id,
+                attempt=task.attempt,
+                host=task.host,
+                slurm_job_id=task.slurm_job_id,
+                started_at=task.started_at,
+                elapsed_s=round(elapsed, 1),
+                items_done=task.items_done,
+                overdue=limit_s is not None and elapsed > limit_s,
+            )
+        )
+    return sorted(running, key=lambda r: -r.elapsed_s)[:n]
+
+
+# -- rendering -----------------------------------------------------------------------------
+
+
+def format_duration(seconds: float | None) -> str:
+    """``3h02m``, ``4m05s``, ``12s``; ``-`` for None."""
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def render_status(status: RunStatus) -> RenderableType:
+    """A Rich renderable: headline, progress bar, counts, failures, slowest running."""
+    from rich.console import Group
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
+    parts: list[RenderableType] = []
+    state = "finished" if status.finished else "in progress"
+    parts.append(
+        Text(f"run {status.run_id}: {status.tasks} tasks, {state} (as of {status.as_of})",
+             style="bold")
+    )  # fmt: skip
+    if status.batches_total:
+        bar = Table.grid(padding=(0, 1))
+        bar.add_row(
+            ProgressBar(total=status.batches_total, completed=status.batches_done, width=40),
+            Text(
+                f"{status.batches_done}/{status.batches_total} batches "
+                f"({status.fraction_done:.1%}), {status.items_done:,}/{status.items_total:,} "
+                f"items, {status.items_dead_lettered:,} dead-lettered"
+            ),
+        )
+        parts.append(bar)
+        rate = (
+            f"{status.batches_per_minute:.2f} batches/min ({status.items_per_second:,.1f} items/s,"
+            f" {status.throughput_basis})"
+            if status.batches_per_minute is not None
+            else "no batch finished yet"
+        )
+        eta = format_duration(status.eta_s) + (f" ({status.eta_at})" if status.eta_at else "")
+        parts.append(
+            Text(f"throughput {rate}; elapsed {format_duration(status.elapsed_s)}; ETA {eta}")
+        )
+    else:
+        parts.append(Text("no batches yet: the partition step has not finished"))
+
+    counts = Table()
+    kinds = sorted(status.by_kind)
+    counts.add_column("status")
+    for kind in kinds:
+        counts.add_column(kind, justify="right")
+    counts.add_column("total", justify="right")
+    for name, n in status.by_status.items():
+        counts.add_row(name, *(str(status.by_kind[k].get(name, 0)) for k in kinds), str(n))
+    parts += [Text("tasks by status", style="bold"), counts]
+
+    if status.failures_by_category:
+        failures = Table()
+        failures.add_column("category")
+        failures.add_column("tasks", justify="right")
+        for category, n in sorted(status.failures_by_category.items()):
+            failures.add_row(category, str(n))
+        parts += [Text("failed tasks by category", style="bold"), failures]
+        parts.append(Text("details: orchestrator errors", style="dim"))
+
+    if status.slowest_running:
+        slow = Table()
+        for column in ("task", "attempt", "running for", "items done", "host", "slurm job"):
+            slow.add_column(column)
+        for task in status.slowest_running:
+            flag = " OVERDUE" if task.overdue else ""
+            slow.add_row(
+                task.task_id, str(task.attempt), format_duration(task.elapsed_s) + flag,
+                "-" if task.items_done is None else f"{task.items_done:,}",
+                task.host or "-", task.slurm_job_id or "-",
+            )  # fmt: skip
+        parts += [Text("slowest running batches", style="bold"), slow]
+    return Group(*parts)
+
+
+def watch_status(
+    store: StateStore,
+    snapshot: Callable[[StateStore], RunStatus],
+    console: Console,
+    interval_s: float,
+    count: int | None = None,
+    as_json: bool = False,
+) -> RunStatus:
+    """Refresh the status every ``interval_s`` seconds until the run finished, ``count``
+    refreshes were shown, or Ctrl-C.
+
+    With ``as_json`` it prints one JSON object per line instead of a live view.
+    """
+    import json
+
+    from rich.live import Live
+
+    shown = 0
+    status = snapshot(store)
+    try:
+        if as_json:
+            while True:
+                print(json.dumps(status.to_dict(), sort_keys=True), file=console.file, flush=True)
+                shown += 1
+                if status.finished or (count is not None and shown >= count):
+                    return status
+                time.sleep(interval_s)
+                status = snapshot(store)
+        with Live(render_status(status), console=console, auto_refresh=False) as live:
+            while True:
+                shown += 1
+                if status.finished or (count is not None and shown >= count):
+                    return status
+                time.sleep(interval_s)
+                status = snapshot(store)
+                live.update(render_status(status), refresh=True)
+    except KeyboardInterrupt:
+        return status
