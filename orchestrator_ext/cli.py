@@ -53,7 +53,10 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def load_cli_config(args: argparse.Namespace) -> RunConfig:
     """The run config named on the command line, with overrides applied."""
-    raw = read_config_file(args.configfile)
+    files = [args.configfile] if isinstance(args.configfile, str) else args.configfile
+    raw: dict[str, Any] = {}
+    for path in files:
+        _merge(raw, read_config_file(path))
     return load_config(_merge(raw, parse_overrides(args.config or [])))
 
 
@@ -503,6 +506,24 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_unlock(args: argparse.Namespace) -> int:
+    """Break the run's coordinator lease (after its coordinator died on another host)."""
+    from orchestrator_ext.coordinator import break_lease
+
+    config = load_cli_config(args)
+    held = break_lease(config.run_id)
+    if args.json:
+        print(json.dumps({"run_id": config.run_id, "removed": held}))
+    elif held:
+        print(
+            f"removed the lease of pid {held.get('pid')} on {held.get('host')} "
+            f"(since {held.get('started_at')})"
+        )
+    else:
+        print(f"run {config.run_id} has no coordinator lease")
+    return 0
+
+
 def cmd_example_data(args: argparse.Namespace) -> int:
     """Write synthetic example records."""
     from orchestrator_ext.example_data import write_records
@@ -523,8 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument(
-            "--configfile", default="config/config.yaml",
-            help="the run's config file (default: config/config.yaml)",
+            "--configfile", nargs="+", default=["config/config.yaml"],
+            help="the run's config file(s), later ones overriding earlier ones, as with "
+            "snakemake (default: config/config.yaml)",
         )  # fmt: skip
         p.add_argument(
             "--config", nargs="*", metavar="KEY=VALUE",
@@ -543,6 +565,15 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
     init.set_defaults(func=cmd_init)
+
+    unlock = with_config(
+        sub.add_parser(
+            "unlock",
+            help="remove the run's coordinator lease; only for a coordinator that died on "
+            "another host (a dead one on this host is detected and replaced automatically)",
+        )
+    )
+    unlock.set_defaults(func=cmd_unlock)
 
     manifest = sub.add_parser("manifest", help="work with the run's manifest")
     manifest_sub = manifest.add_subparsers(dest="manifest_command", required=True)

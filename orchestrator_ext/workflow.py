@@ -15,7 +15,51 @@ from functools import lru_cache
 from orchestrator_ext.config import RunConfig, load_config
 from orchestrator_ext.layout import RunLayout, children, level_sizes, root_level
 
-__all__ = ["PlanShape", "RunConfig", "RunLayout", "load_config", "read_plan_shape"]
+__all__ = [
+    "PlanShape",
+    "RunConfig",
+    "RunLayout",
+    "acquire_coordinator",
+    "load_config",
+    "load_run_config",
+    "read_plan_shape",
+    "release_coordinator",
+]
+
+
+def load_run_config(raw: dict) -> RunConfig:  # type: ignore[type-arg]
+    """``load_config`` for the Snakefile: a bad config stops Snakemake with one line naming
+    the key, instead of Snakemake's report of where in the Snakefile the error was raised."""
+    import sys
+
+    from orchestrator_ext.errors import ConfigError
+
+    try:
+        return load_config(raw)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def acquire_coordinator(run_id: str) -> None:
+    """Take the run's coordinator lease (``onstart``); a busy lease stops the run with one
+    line instead of a traceback."""
+    import sys
+
+    from orchestrator_ext.coordinator import CoordinatorBusy, acquire
+
+    try:
+        acquire(run_id)
+    except CoordinatorBusy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def release_coordinator(run_id: str) -> None:
+    """Drop the run's coordinator lease (``onsuccess`` / ``onerror``)."""
+    from orchestrator_ext.coordinator import release
+
+    release(run_id)
 
 
 @dataclass(frozen=True)

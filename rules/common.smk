@@ -7,7 +7,7 @@ from snakemake.io import IOFile
 
 import orchestrator_ext.workflow as ox
 
-RUN = ox.load_config(config)
+RUN = ox.load_run_config(config)
 # Where the files are (s3:// URIs for a run in S3): what records and the manifest store.
 URIS = ox.RunLayout(RUN.run_dir)
 # File targets. A run in S3 (output_root: s3://bucket/prefix) has every one of them moved by
@@ -130,3 +130,16 @@ def get_final_output(wildcards):
 
 def _as_list(value):
     return value if isinstance(value, list) else [value]
+
+
+# One coordinator per run (see orchestrator_ext/coordinator.py; the profiles set nolock).
+onstart:
+    ox.acquire_coordinator(RUN.run_id)
+
+
+onsuccess:
+    ox.release_coordinator(RUN.run_id)
+
+
+onerror:
+    ox.release_coordinator(RUN.run_id)

@@ -266,3 +266,38 @@ class TestBadInput:
         assert "no-such-table" in output and "orchestrator init --configfile" in output
         assert "Traceback" not in output
         assert not Path(_layout(config).batches_dir).exists()
+
+
+class TestCoordinatorLease:
+    def test_a_second_coordinator_of_a_running_run_is_refused(self, tmp_path, make_config):
+        import subprocess
+        import time
+
+        from conftest import REPO, SNAKEMAKE
+
+        from orchestrator_ext.coordinator import lease_path
+
+        config = make_config()
+        configfile = _prepare(tmp_path, config)
+        cmd = [
+            SNAKEMAKE, "--snakefile", str(REPO / "workflow" / "Snakefile"),
+            "--profile", str(REPO / "profiles" / "local"), "--configfile", str(configfile),
+            "--cores", "1",
+        ]  # fmt: skip
+        first = subprocess.Popen(
+            cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not lease_path(config["run_id"], tmp_path).exists():
+                assert first.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+            second = run_snakemake(tmp_path, configfile, check=False)
+        finally:
+            first.wait(timeout=300)
+        output = second.stdout + second.stderr
+        assert second.returncode != 0
+        assert f"already coordinated by snakemake pid {first.pid}" in output
+        assert "Traceback" not in output
+        assert first.returncode == 0
+        assert not lease_path(config["run_id"], tmp_path).exists(), "released on success"
