@@ -9,11 +9,11 @@ rule merge_level:
         record=LAYOUT.merge_record("{level}", "{part}"),
     log:
         LAYOUT.log("merge_level", "L{level}-{part}"),
+    conda:
+        "../environment.yml"
     resources:
         mem_mb=get_mem_mb,
         runtime=get_runtime,
-    conda:
-        "../environment.yml"
     params:
         level=lambda wildcards: int(wildcards.level),
         mode=RUN.merge.mode,
@@ -30,11 +30,11 @@ rule merge_final:
         record=LAYOUT.final_record,
     log:
         LAYOUT.log("merge_final", "final"),
+    conda:
+        "../environment.yml"
     resources:
         mem_mb=get_mem_mb,
         runtime=get_runtime,
-    conda:
-        "../environment.yml"
     params:
         mode=RUN.merge.mode,
         finalize=RUN.job.finalize,

@@ -11,11 +11,11 @@ rule process_batch:
         record=LAYOUT.result_record("{batch}"),
     log:
         LAYOUT.log("process_batch", "{batch}"),
+    conda:
+        "../environment.yml"
     resources:
         mem_mb=get_mem_mb,
         runtime=get_runtime,
-    conda:
-        "../environment.yml"
     params:
         job=RUN.raw["job"],
         # Where the outputs are (s3:// for a run in S3), for the record.
