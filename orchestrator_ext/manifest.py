@@ -7,6 +7,7 @@ file the manifest lists.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,6 +93,7 @@ def build_manifest(
         "final": final,
         "dead_letter": {"total": dead, "by_category": dict(sorted(by_category.items()))},
     }
+    manifest.update(_redrive_links(config))
     try:
         jsonschema.validate(manifest, manifest_schema())
     except jsonschema.ValidationError as exc:
@@ -100,6 +102,15 @@ def build_manifest(
             f"manifest does not match its schema at '{where}': {exc.message}"
         ) from None
     return manifest
+
+
+def _redrive_links(config: RunConfig) -> dict[str, Any]:
+    """``redrive_of`` / ``redriven_to`` from the run's ``redrive.json`` (local runs)."""
+    path = os.path.join(config.run_dir, "redrive.json")
+    if config.run_dir.startswith("s3://") or not os.path.exists(path):
+        return {}
+    links = read_json(path)
+    return {k: links[k] for k in ("redrive_of", "redriven_to") if k in links}
 
 
 def listed_files(manifest: dict[str, Any]) -> list[tuple[str, str, str]]:

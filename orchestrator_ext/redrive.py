@@ -11,9 +11,9 @@ writes that as one Parquet file, a config for the new run that is the old one wi
                                manifest_sha256, items, items_sha256, by_category,
                                category_filter, created_at}}
 
-The old run's file is appended to on every redrive (written atomically). Once the manifest
-schema has a place for it, the new run's manifest should carry the same ``redrive_of``
-object (see docs/operations.md, "Redrive"). Runs in S3 are not supported yet: copy the run
+The old run's file is appended to on every redrive (written atomically), and the old run's
+manifest gains the same ``redriven_to`` list; the new run's manifest carries
+``redrive_of`` (``manifest.build_manifest`` reads the new run's ``redrive.json``). Runs in S3 are not supported yet: copy the run
 folder or point ``output_root`` at a local copy.
 """
 
@@ -196,6 +196,21 @@ def redrive(
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         tmp.write_text(header + yaml.safe_dump(new_raw, sort_keys=False))
+    # The old run first: its manifest gains the link, then the new run records the sha256
+    # of that manifest, so both manifests name each other and both checksums hold.
+    links = _append_link(
+        Path(config.run_dir) / REDRIVE_FILE,
+        {
+            "run_id": run_id,
+            "config": str(out),
+            "items": items.height,
+            "items_sha256": items_sha256,
+            "by_category": by_category,
+            "created_at": created,
+        },
+    )
+    with atomic_path(layout.manifest) as tmp:
+        write_json(tmp, {**manifest, "redriven_to": links})
     write_json(
         Path(new_run_dir) / REDRIVE_FILE,
         {
@@ -213,26 +228,16 @@ def redrive(
             },
         },
     )
-    _append_link(
-        Path(config.run_dir) / REDRIVE_FILE,
-        {
-            "run_id": run_id,
-            "config": str(out),
-            "items": items.height,
-            "items_sha256": items_sha256,
-            "by_category": by_category,
-            "created_at": created,
-        },
-    )
     return RedrivePlan(
         from_run_id=config.run_id, run_id=run_id, config=str(out), items_file=str(items_path),
         items=items.height, items_sha256=items_sha256, by_category=by_category,
     )  # fmt: skip
 
 
-def _append_link(path: Path, link: dict[str, Any]) -> None:
+def _append_link(path: Path, link: dict[str, Any]) -> list[dict[str, Any]]:
     data: dict[str, Any] = (
         read_json(path) if path.exists() else {"redrive_version": REDRIVE_VERSION}
     )
     data.setdefault("redriven_to", []).append(link)
     write_json(path, data)
+    return data["redriven_to"]

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import polars as pl
 import pytest
 import yaml
@@ -16,8 +17,10 @@ from ops_fixtures import BAD_IDS, make_finished_run
 from orchestrator_ext.cli import EXIT_USER_ERROR, main
 from orchestrator_ext.config import load_config, read_config_file
 from orchestrator_ext.layout import RunLayout
+from orchestrator_ext.manifest import manifest_schema
 from orchestrator_ext.redrive import REDRIVE_FILE, RedriveError, collect_dead_items, redrive
 from orchestrator_ext.state.sqlite import SqliteStateStore
+from orchestrator_ext.storage import sha256_file
 
 try:
     import jobs_for_tests as jobs
@@ -87,6 +90,13 @@ class TestRedrive:
         finally:
             store.close()
         assert manifest["items_in"] == 3 and manifest["items_dead_lettered"] == 0
+        # Both manifests name each other; the recorded checksum of the old one still holds.
+        old_manifest = RunLayout(config.run_dir).manifest
+        assert manifest["redrive_of"]["run_id"] == "r"
+        assert manifest["redrive_of"]["manifest_sha256"] == sha256_file(old_manifest)
+        old = json.loads(Path(old_manifest).read_text())
+        assert [link["run_id"] for link in old["redriven_to"]] == ["fixed"]
+        jsonschema.validate(old, manifest_schema())
 
     @pytest.mark.parametrize(
         ("setup", "message"),
