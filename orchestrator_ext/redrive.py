@@ -13,8 +13,8 @@ writes that as one Parquet file, a config for the new run that is the old one wi
 
 The old run's file is appended to on every redrive (written atomically), and the old run's
 manifest gains the same ``redriven_to`` list; the new run's manifest carries
-``redrive_of`` (``manifest.build_manifest`` reads the new run's ``redrive.json``). Runs in S3 are not supported yet: copy the run
-folder or point ``output_root`` at a local copy.
+``redrive_of`` (``manifest.build_manifest`` reads the new run's ``redrive.json``). Runs in
+S3 are not supported yet: copy the run folder or point ``output_root`` at a local copy.
 """
 
 from __future__ import annotations
