@@ -84,3 +84,33 @@ class PermanentFailureAware:
                         "`orchestrator errors`); not resubmitting"
                     )
                 job.attempt = job.restart_times + 1
+
+
+def slurm_state(status: str) -> str:
+    """A Slurm job state without its qualifier: ``sacct`` reports a cancelled job as
+    ``CANCELLED by <uid>``, ``squeue`` as ``CANCELLED``."""
+    return status.split(" ", 1)[0]
+
+
+def normalize_slurm_states(plugin: Any) -> None:
+    """Make the Slurm plugin module ``plugin`` see ``CANCELLED by <uid>`` as ``CANCELLED``.
+
+    snakemake-executor-plugin-slurm 2.8 compares ``sacct``'s state with a fixed list
+    (``fail_stati`` in ``Executor.check_active_jobs``) and treats anything else as still
+    running, so a job cancelled with ``scancel`` was waited for forever. Its status query
+    (``query_job_status``, a module function) is wrapped to drop the qualifier; the failed
+    job is then reported and resubmitted like any job killed mid-way. Idempotent.
+    """
+    original = plugin.query_job_status
+    if getattr(original, "normalizes_slurm_states", False):
+        return
+
+    async def query_job_status(command: str, logger: Any) -> Any:
+        states, duration = await original(command, logger)
+        if states is not None:
+            states = {job: slurm_state(state) for job, state in states.items()}
+        return states, duration
+
+    query_job_status.normalizes_slurm_states = True  # type: ignore[attr-defined]
+    query_job_status.__wrapped__ = original  # type: ignore[attr-defined]
+    plugin.query_job_status = query_job_status

@@ -54,3 +54,46 @@ def run_step(
     except OrchestratorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_FAILED)
+
+
+def process_batch_main(argv: list[str] | None = None) -> None:
+    """``python -m orchestrator_ext.jobstep process-batch ...``: the body of rule
+    process_batch, run as a plain command.
+
+    The rule runs the most numerous job of a run, so it uses ``shell:`` rather than
+    ``script:``: Snakemake plans a ``script:`` job noticeably slower (it reads and caches the
+    script for every job) and starts it through a generated wrapper; a command line costs
+    neither. Config arrives as JSON; the record's URIs follow from it.
+    """
+    import argparse
+    import json
+
+    from orchestrator_ext.layout import RunLayout
+    from orchestrator_ext.process import process_batch
+
+    parser = argparse.ArgumentParser(prog="python -m orchestrator_ext.jobstep process-batch")
+    for name in ("config-json", "log", "batch", "batch-file", "plan-file", "result",
+                 "dead-letter", "record"):  # fmt: skip
+        parser.add_argument(f"--{name}", required=True)
+    args = parser.parse_args(argv)
+    raw_config = json.loads(args.config_json)
+    run = RunLayout(f"{raw_config['output_root'].rstrip('/')}/{raw_config['run_id']}")
+    run_step(
+        args.log,
+        process_batch,
+        raw_config,
+        batch=args.batch,
+        batch_file=args.batch_file,
+        batch_sha256=None,
+        plan_file=args.plan_file,
+        result_file=args.result,
+        dead_letter_file=args.dead_letter,
+        record_file=args.record,
+        uris={"result": run.result(args.batch), "dead_letter": run.dead_letter(args.batch)},
+    )
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["process-batch"]:
+        sys.exit("usage: python -m orchestrator_ext.jobstep process-batch --help")
+    process_batch_main(sys.argv[2:])

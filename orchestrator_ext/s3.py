@@ -27,10 +27,13 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from orchestrator_ext.errors import MissingOutput, OrchestratorError
+
+if TYPE_CHECKING:
+    from orchestrator_ext.config import FaultSpec
 
 #: Extra arguments of every PutObject / upload this package makes itself.
 SSE_ARGS: dict[str, str] = {"ServerSideEncryption": "AES256"}
@@ -105,11 +108,14 @@ def make_s3_client(
     max_attempts: int = 8,
     connect_timeout_s: float = 10,
     read_timeout_s: float = 60,
+    faults: FaultSpec | None = None,
 ) -> Any:
     """A low-level S3 client from boto3's standard configuration (see the module docstring).
 
     Retries follow botocore's ``standard`` (or ``adaptive``) mode: throttling, 5xx and
-    connection errors are retried with exponential backoff and jitter.
+    connection errors are retried with exponential backoff and jitter. With ``faults`` (a
+    run's ``faults`` config) enabled and ``s3_throttle_rate`` > 0, that fraction of the
+    client's requests is answered with ``503 SlowDown`` (``faults.install_s3_throttle``).
     """
     import boto3
     from botocore.config import Config
@@ -137,7 +143,12 @@ def make_s3_client(
     )
     # A session per client: boto3's default session is not thread-safe; clients are.
     session = boto3.session.Session(**session_args)
-    return session.client("s3", endpoint_url=endpoint_url, config=config)
+    client = session.client("s3", endpoint_url=endpoint_url, config=config)
+    if faults is not None and faults.enabled and faults.s3_throttle_rate > 0:
+        from orchestrator_ext.faults import install_s3_throttle
+
+        install_s3_throttle(client, faults.s3_throttle_rate, seed=faults.seed)
+    return client
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from orchestrator_ext.config import RunConfig, load_config
 from orchestrator_ext.layout import RunLayout, children, level_sizes, root_level
 
 __all__ = [
+    "CommandArgument",
     "PlanShape",
     "RunConfig",
     "RunLayout",
@@ -25,6 +26,21 @@ __all__ = [
     "read_plan_shape",
     "release_coordinator",
 ]
+
+
+class CommandArgument:
+    """A value for a job's command line that Snakemake's params rerun trigger ignores.
+
+    Snakemake compares only params it can represent (builtins); this one it cannot, so
+    handing the whole config to a job does not make every config edit rerun every batch.
+    The rule lists the params that should trigger reruns (``job``) separately.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def load_run_config(raw: dict) -> RunConfig:  # type: ignore[type-arg]

@@ -1,6 +1,8 @@
 # Config validation, wildcard constraints and every input function of the workflow.
 # Parsing does no I/O beyond reading config: cluster jobs re-parse this file.
+import json
 import os
+import sys
 
 from snakemake.exceptions import InputOpenException
 from snakemake.io import IOFile

@@ -17,11 +17,12 @@ rule process_batch:
         mem_mb=get_mem_mb,
         runtime=get_runtime,
     params:
+        # A change of the job reprocesses every batch (params rerun trigger).
         job=RUN.raw["job"],
-        # Where the outputs are (s3:// for a run in S3), for the record.
-        uris=lambda wildcards: {
-            "result": URIS.result(wildcards.batch),
-            "dead_letter": URIS.dead_letter(wildcards.batch),
-        },
-    script:
-        "../scripts/process_batch.py"
+        python=ox.CommandArgument(sys.executable),
+        config=ox.CommandArgument(json.dumps(RUN.raw, sort_keys=True)),
+    shell:
+        "{params.python} -m orchestrator_ext.jobstep process-batch"
+        " --batch {wildcards.batch} --batch-file {input.batch:q} --plan-file {input.plan:q}"
+        " --result {output.result:q} --dead-letter {output.dead_letter:q}"
+        " --record {output.record:q} --log {log:q} --config-json {params.config:q}"
