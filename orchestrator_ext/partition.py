@@ -78,7 +78,7 @@ def _read_one(path: str, fmt: str) -> pl.DataFrame:
     raise InputError(f"unknown input format {fmt!r}; expected parquet, csv, jsonl or s3-keys")
 
 
-def read_items(spec: InputSpec) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+def read_items(spec: InputSpec, s3_client: Any = None) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
     """Read every item of the source and check the id column.
 
     Returns:
@@ -90,7 +90,7 @@ def read_items(spec: InputSpec) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
     if spec.format == "s3-keys" or spec.uri.startswith("s3://"):
         from orchestrator_ext.s3_input import read_s3_items
 
-        return read_s3_items(spec)
+        return read_s3_items(spec, client=s3_client)
     files = list_input_files(spec.uri)
     frames = [_read_one(path, spec.format) for path in files]
     try:
@@ -242,9 +242,19 @@ def check_output_bucket(config: RunConfig) -> None:
     """
     if not config.output_root.startswith("s3://"):
         return
-    from orchestrator_ext.s3 import check_bucket, make_s3_client, split_s3_uri
+    from orchestrator_ext.s3 import check_bucket, split_s3_uri
 
-    check_bucket(make_s3_client(), split_s3_uri(config.output_root)[0])
+    check_bucket(_s3_client(config), split_s3_uri(config.output_root)[0])
+
+
+def _s3_client(config: RunConfig) -> Any:
+    """This package's S3 client for a run that touches S3 (None otherwise); the run's
+    ``faults.s3_throttle_rate`` applies to it."""
+    if not (config.output_root.startswith("s3://") or config.input.uri.startswith("s3://")):
+        return None
+    from orchestrator_ext.s3 import make_s3_client
+
+    return make_s3_client(faults=config.faults)
 
 
 def partition_items(
@@ -269,7 +279,7 @@ def partition_items(
     """
     with store.attempt_scope(TASK_PARTITION) as lease:
         check_output_bucket(config)
-        items, listing = read_items(config.input)
+        items, listing = read_items(config.input, _s3_client(config))
         if items.height == 0:
             raise InputError(f"input {config.input.uri} has no items")
         assignment = assign_batches(items, config.batching)

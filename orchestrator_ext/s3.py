@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from orchestrator_ext.errors import MissingOutput, OrchestratorError
+from orchestrator_ext.errors import Category, MissingOutput, OrchestratorError
 
 if TYPE_CHECKING:
     from orchestrator_ext.config import FaultSpec
@@ -52,6 +52,13 @@ _MISSING_KEY_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
 class S3Error(OrchestratorError):
     """Raised when S3 is not usable as configured: no bucket, no endpoint, no credentials."""
+
+
+class S3Unreachable(S3Error):
+    """Raised when the S3 endpoint cannot be reached (after botocore's retries): transient,
+    so a job that hits it is resubmitted rather than failed for good."""
+
+    category = Category.TRANSIENT
 
 
 @dataclass(frozen=True)
@@ -189,7 +196,7 @@ def translated_errors(client: Any, bucket: str, what: str = "") -> Iterator[None
             "AWS_PROFILE, or run where an instance role applies"
         ) from None
     except (EndpointConnectionError, ConnectTimeoutError) as exc:
-        raise S3Error(
+        raise S3Unreachable(
             f"cannot reach {where} ({type(exc).__name__}): check AWS_ENDPOINT_URL_S3 / "
             "AWS_ENDPOINT_URL / SNAKEMAKE_STORAGE_S3_ENDPOINT_URL and the network"
         ) from None

@@ -50,14 +50,17 @@ def _sacct_states(job_ids: list[str]) -> dict[str, str]:
     return dict(line.split("|", 1) for line in out.split())
 
 
-def _all_slurm_jobs() -> set[str]:
+def _all_slurm_jobs(workdir: Path | None = None) -> set[str]:
+    """Slurm job ids of the last day; with ``workdir``, only jobs submitted from it (other
+    jobs on the cluster, e.g. the service script's smoke test, are not counted)."""
     out = subprocess.run(
-        ["sacct", "-n", "-X", "-P", "-o", "JobID", "-S", "now-1days"],
+        ["sacct", "-n", "-X", "-P", "-o", "JobID,WorkDir", "-S", "now-1days"],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    return set(out.split())
+    rows = [line.split("|", 1) for line in out.splitlines() if "|" in line]
+    return {job for job, cwd in rows if workdir is None or Path(cwd) == workdir}
 
 
 def run_on_slurm(
@@ -155,10 +158,10 @@ class TestSlurmRun:
         )
 
         # A second invocation has nothing to do and submits nothing to Slurm.
-        before = _all_slurm_jobs()
+        before = _all_slurm_jobs(tmp_path)
         again = run_on_slurm(tmp_path, configfile)
         assert "Nothing to be done" in again.stdout + again.stderr
-        assert _all_slurm_jobs() == before
+        assert _all_slurm_jobs(tmp_path) == before
 
 
 class TestSlurmFailures:
@@ -180,13 +183,11 @@ class TestSlurmFailures:
             merge={"mode": "concat"},
         )
         configfile = write_config(tmp_path / "perm.yaml", config)
-        before = _all_slurm_jobs()
-
         result = run_on_slurm(tmp_path, configfile, check=False)
 
         assert result.returncode != 0
         assert "not resubmitting" in result.stdout + result.stderr
-        new_jobs = sorted(_all_slurm_jobs() - before, key=int)
+        new_jobs = sorted(_all_slurm_jobs(tmp_path), key=int)
         # One partition job and exactly one submission of the failing batch.
         assert len(new_jobs) == 2, new_jobs
         states = _sacct_states(new_jobs)
