@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import polars as pl
 
@@ -64,17 +64,23 @@ def list_input_files(uri: str) -> list[str]:
     return [uri]
 
 
-def _read_one(path: str, fmt: str) -> pl.DataFrame:
+def read_frame(source: str | IO[bytes], fmt: str, name: str) -> pl.DataFrame:
+    """Read one input file (a path, or the bytes of an S3 object) in format ``fmt``.
+
+    Raises:
+        InputError: the file cannot be read as ``fmt`` (named as ``name``), or the format
+            is unknown.
+    """
     try:
         if fmt == "parquet":
-            return pl.read_parquet(path)
+            return pl.read_parquet(source)
         if fmt == "csv":
-            return pl.read_csv(path)
+            return pl.read_csv(source)
         if fmt == "jsonl":
-            return pl.read_ndjson(path)
+            return pl.read_ndjson(source)
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
         detail = " ".join(str(exc).split())[:300]
-        raise InputError(f"cannot read {path} as {fmt}: {detail}") from None
+        raise InputError(f"cannot read {name} as {fmt}: {detail}") from None
     raise InputError(f"unknown input format {fmt!r}; expected parquet, csv, jsonl or s3-keys")
 
 
@@ -92,7 +98,7 @@ def read_items(spec: InputSpec, s3_client: Any = None) -> tuple[pl.DataFrame, li
 
         return read_s3_items(spec, client=s3_client)
     files = list_input_files(spec.uri)
-    frames = [_read_one(path, spec.format) for path in files]
+    frames = [read_frame(path, spec.format, path) for path in files]
     try:
         items = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
     except pl.exceptions.PolarsError as exc:

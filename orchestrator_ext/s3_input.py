@@ -78,17 +78,9 @@ def _read_object(client: Any, obj: S3Object, fmt: str) -> pl.DataFrame:
         data = io.BytesIO(read_bytes(client, obj.uri))
     except MissingOutput:
         raise InputError(f"S3 object vanished while reading the input: {obj.uri}") from None
-    try:
-        if fmt == "parquet":
-            return pl.read_parquet(data)
-        if fmt == "csv":
-            return pl.read_csv(data)
-        if fmt == "jsonl":
-            return pl.read_ndjson(data)
-    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
-        detail = " ".join(str(exc).split())[:300]
-        raise InputError(f"cannot read {obj.uri} as {fmt}: {detail}") from None
-    raise InputError(f"unknown input format {fmt!r}; expected parquet, csv, jsonl or s3-keys")
+    from orchestrator_ext.partition import read_frame
+
+    return read_frame(data, fmt, obj.uri)
 
 
 def keys_frame(objects: list[S3Object]) -> pl.DataFrame:

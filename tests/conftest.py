@@ -113,6 +113,22 @@ def moto_endpoint() -> Iterator[str]:
         process.wait(timeout=10)
 
 
+def set_storage_env(mp: pytest.MonkeyPatch, dynamodb_endpoint: str, s3_endpoint: str) -> None:
+    """AWS settings as a cluster user sets them: environment variables that sbatch exports
+    to every job (the storage plugin's command-line options would not reach the jobs). S3
+    goes through the plugin's ``SNAKEMAKE_STORAGE_S3_*`` variables, DynamoDB through
+    boto3's own ``AWS_ENDPOINT_URL_DYNAMODB``; no ``AWS_ENDPOINT_URL``."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
+        mp.delenv(name, raising=False)
+    mp.setenv("AWS_ENDPOINT_URL_DYNAMODB", dynamodb_endpoint)
+    mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+    mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    mp.setenv("SNAKEMAKE_STORAGE_S3_ENDPOINT_URL", s3_endpoint)
+    mp.setenv("SNAKEMAKE_STORAGE_S3_ACCESS_KEY", "testing")
+    mp.setenv("SNAKEMAKE_STORAGE_S3_SECRET_KEY", "testing")
+
+
 @pytest.fixture
 def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """boto3's standard environment pointed at the local endpoint, with fake credentials."""

@@ -40,7 +40,15 @@ from urllib.parse import urlsplit
 import polars as pl
 import pytest
 from botocore.exceptions import ClientError
-from conftest import ORCHESTRATOR, REPO, SNAKEMAKE, base_config, run_snakemake, write_config
+from conftest import (
+    ORCHESTRATOR,
+    REPO,
+    SNAKEMAKE,
+    base_config,
+    run_snakemake,
+    set_storage_env,
+    write_config,
+)
 
 from orchestrator_ext import s3
 from orchestrator_ext.config import FaultSpec
@@ -164,15 +172,7 @@ def proxy(moto_endpoint: str) -> Iterator[TcpProxy]:
 def s3_via_proxy(moto_endpoint: str, proxy: TcpProxy, monkeypatch: pytest.MonkeyPatch) -> TcpProxy:
     """S3 settings as a user sets them (environment variables), with S3 behind the proxy and
     DynamoDB on moto directly; ``slow_jobs`` importable in the jobs."""
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", moto_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("SNAKEMAKE_STORAGE_S3_ENDPOINT_URL", proxy.url)
-    monkeypatch.setenv("SNAKEMAKE_STORAGE_S3_ACCESS_KEY", "testing")
-    monkeypatch.setenv("SNAKEMAKE_STORAGE_S3_SECRET_KEY", "testing")
+    set_storage_env(monkeypatch, moto_endpoint, proxy.url)
     monkeypatch.setenv("PYTHONPATH", str(TESTS))
     return proxy
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from conftest import ORCHESTRATOR, REPO, SNAKEMAKE, run_snakemake, write_config
+from conftest import ORCHESTRATOR, REPO, SNAKEMAKE, run_snakemake, set_storage_env, write_config
 
 from orchestrator_ext import s3
 from orchestrator_ext.config import load_config
@@ -87,15 +87,7 @@ def run_on_slurm(
 def s3_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """AWS settings as a cluster user sets them: environment variables that sbatch exports
     to every job (storage options on the command line would not reach the jobs)."""
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", moto_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("SNAKEMAKE_STORAGE_S3_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.setenv("SNAKEMAKE_STORAGE_S3_ACCESS_KEY", "testing")
-    monkeypatch.setenv("SNAKEMAKE_STORAGE_S3_SECRET_KEY", "testing")
+    set_storage_env(monkeypatch, moto_endpoint, moto_endpoint)
     return moto_endpoint
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from conftest import ORCHESTRATOR, base_config, run_snakemake, write_config
+from conftest import ORCHESTRATOR, base_config, run_snakemake, set_storage_env, write_config
 
 from orchestrator_ext import s3
 from orchestrator_ext.config import load_config
@@ -68,15 +68,7 @@ def s3_run(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     workdir = tmp_path_factory.mktemp("s3run")
     bucket = f"orchestrator-e2e-{uuid.uuid4().hex[:12]}"
     with pytest.MonkeyPatch.context() as mp:
-        for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
-            mp.delenv(name, raising=False)
-        mp.setenv("AWS_ENDPOINT_URL_DYNAMODB", moto_endpoint)
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.setenv("SNAKEMAKE_STORAGE_S3_ENDPOINT_URL", moto_endpoint)
-        mp.setenv("SNAKEMAKE_STORAGE_S3_ACCESS_KEY", "testing")
-        mp.setenv("SNAKEMAKE_STORAGE_S3_SECRET_KEY", "testing")
+        set_storage_env(mp, moto_endpoint, moto_endpoint)
 
         client = s3.make_s3_client()
         client.create_bucket(Bucket=bucket)
@@ -212,15 +204,7 @@ class TestS3Run:
 def test_missing_output_bucket_is_one_clear_line(
     moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", moto_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("SNAKEMAKE_STORAGE_S3_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.setenv("SNAKEMAKE_STORAGE_S3_ACCESS_KEY", "testing")
-    monkeypatch.setenv("SNAKEMAKE_STORAGE_S3_SECRET_KEY", "testing")
+    set_storage_env(monkeypatch, moto_endpoint, moto_endpoint)
     table = f"orchestrator-e2e-{uuid.uuid4().hex[:12]}"
     create_table(make_client(), table)
     make_records(50, seed=1).write_parquet(tmp_path / "items.parquet")
