@@ -84,7 +84,6 @@ class PlanShape:
 
     n_batches: int
     fan_in: int
-    batch_sha256: tuple[str, ...]
 
     @property
     def batch_ids(self) -> list[str]:
@@ -118,5 +117,4 @@ def _read_plan_shape(plan_path: str, _mtime_ns: int, _size: int) -> PlanShape:
     return PlanShape(
         n_batches=plan["n_batches"],
         fan_in=plan["fan_in"],
-        batch_sha256=tuple(b["sha256"] for b in plan["batches"]),
     )

@@ -81,12 +81,6 @@ def get_runtime(wildcards, attempt):
     return RUN.resources.for_attempt(attempt)[1]
 
 
-def get_node_files(level, index):
-    """Data and record file of a merge-tree node (level 0 = batch results)."""
-    plan = get_plan()
-    return LAYOUT.node(level, index, plan.n_batches, plan.fan_in)
-
-
 def get_children(level, index):
     plan = get_plan()
     nodes = [
