@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from orchestrator_ext.config import RunConfig, load_config
 from orchestrator_ext.layout import RunLayout, children, level_sizes, root_level
@@ -25,6 +26,7 @@ __all__ = [
     "load_run_config",
     "read_plan_shape",
     "release_coordinator",
+    "retry_transient",
 ]
 
 
@@ -41,6 +43,31 @@ class CommandArgument:
 
     def __str__(self) -> str:
         return self.text
+
+
+def retry_transient(call: Any, patience_s: float = 300) -> Any:
+    """``call()``, retried on transient errors (an S3 endpoint that went away, throttling)
+    for up to ``patience_s`` seconds with exponential backoff and jitter.
+
+    For the storage requests the coordinator makes in input functions: a failure there ends
+    the whole run, and the storage plugin's own retries may give up within seconds.
+    """
+    from tenacity import (
+        Retrying,
+        retry_if_exception,
+        stop_after_delay,
+        wait_random_exponential,
+    )
+
+    from orchestrator_ext.errors import Category, classify
+
+    policy = Retrying(
+        retry=retry_if_exception(lambda exc: classify(exc) is Category.TRANSIENT),
+        stop=stop_after_delay(patience_s),
+        wait=wait_random_exponential(multiplier=0.5, max=15),
+        reraise=True,
+    )
+    return policy(call)
 
 
 def load_run_config(raw: dict) -> RunConfig:  # type: ignore[type-arg]

@@ -65,7 +65,7 @@ def local_plan_file():
         stored = plan.flags["storage_object"]
         if (
             not os.path.exists(plan_file)
-            or os.path.getmtime(plan_file) < stored.mtime()
+            or os.path.getmtime(plan_file) < ox.retry_transient(stored.mtime)
         ):
             raise InputOpenException(IOFile(plan, rule=partitioned.rule))
     return plan_file
