@@ -63,10 +63,10 @@ def local_plan_file():
     if LAYOUT.is_remote:
         plan = LAYOUT.plan
         stored = plan.flags["storage_object"]
-        if (
-            not os.path.exists(plan_file)
-            or os.path.getmtime(plan_file) < ox.retry_transient(stored.mtime)
-        ):
+        fresh = os.path.exists(plan_file) and (
+            os.path.getmtime(plan_file) >= ox.retry_transient(stored.mtime)
+        )
+        if not fresh:
             raise InputOpenException(IOFile(plan, rule=partitioned.rule))
     return plan_file
 
