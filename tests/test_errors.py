@@ -13,6 +13,8 @@ from orchestrator_ext.errors import (
     PermanentError,
     TransientError,
     classify,
+    classify_exit_code,
+    classify_slurm_state,
     describe,
 )
 
@@ -94,3 +96,25 @@ class TestOrchestratorError:
         from snakemake_interface_common.exceptions import WorkflowError
 
         assert issubclass(ConfigError, WorkflowError)
+
+
+class TestClassifySlurmState:
+    @pytest.mark.parametrize(
+        "state", ["OUT_OF_MEMORY", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "out_of_memory+"]
+    )
+    def test_resource_states(self, state: str) -> None:
+        assert classify_slurm_state(state) is Category.RESOURCE
+
+    @pytest.mark.parametrize("state", ["FAILED", "CANCELLED by 0", "COMPLETED", ""])
+    def test_states_that_say_nothing_about_the_cause(self, state: str) -> None:
+        assert classify_slurm_state(state) is None
+
+
+class TestClassifyExitCode:
+    @pytest.mark.parametrize("code", [137, 143])
+    def test_killed_by_the_system_is_resource(self, code: int) -> None:
+        assert classify_exit_code(code) is Category.RESOURCE
+
+    @pytest.mark.parametrize("code", [None, 0, 1, 2])
+    def test_other_codes_say_nothing(self, code: int | None) -> None:
+        assert classify_exit_code(code) is None
