@@ -1,14 +1,20 @@
 """The run configuration: validation against the shipped JSON schema, defaults, typed access.
 
-The Snakefile and the CLI read config the same way: ``load_config`` validates a dict with
-Snakemake's own ``validate`` (which also fills in the schema's defaults), checks what a
-schema cannot express, and returns a frozen ``RunConfig``. It performs no I/O beyond
-reading the schema, so it is safe at Snakefile parse time on every cluster job.
+The Snakefile, the jobs and the CLI read config the same way: ``load_config`` validates a
+dict against the JSON schema, filling in the schema's defaults, checks what a schema cannot
+express, and returns a frozen ``RunConfig``. It performs no I/O beyond reading the schema,
+so it is safe at Snakefile parse time on every cluster job.
+
+Validation is the recipe Snakemake's ``snakemake.utils.validate`` uses (jsonschema's
+Draft 2020-12 validator extended to set defaults, from the jsonschema FAQ), called on
+jsonschema directly: importing Snakemake for it cost every job about 0.2 s of start-up
+(``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -177,19 +183,33 @@ def validate_config(raw: dict[str, Any]) -> dict[str, Any]:
     Raises:
         ConfigError: naming the offending key and what was expected.
     """
-    from snakemake.exceptions import WorkflowError
-    from snakemake.utils import validate
+    import jsonschema
 
     data = copy.deepcopy(dict(raw))
     try:
-        validate(data, str(SCHEMA_PATH), set_default=True)
-    except WorkflowError as exc:
-        # Snakemake folds the jsonschema error into its message text; the error itself (with
-        # the key's path) is the exception being handled when validate() raised.
-        cause = exc.__context__ if exc.__context__ is not None else exc
-        raise ConfigError(_schema_error_message(cause)) from None
+        _default_filling_validator().validate(data)
+    except jsonschema.ValidationError as exc:
+        raise ConfigError(_schema_error_message(exc)) from None
     _check_consistency(data)
     return data
+
+
+@functools.cache
+def _default_filling_validator() -> Any:
+    """The schema's validator, extended to fill in defaults as it validates."""
+    from jsonschema import Draft202012Validator, validators
+
+    validate_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def set_defaults(validator: Any, properties: Any, instance: Any, schema: Any) -> Any:
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema:
+                    instance.setdefault(name, copy.deepcopy(subschema["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    return validators.extend(Draft202012Validator, {"properties": set_defaults})(schema)
 
 
 def _check_consistency(data: dict[str, Any]) -> None:

@@ -122,6 +122,8 @@ def check_ids(items: pl.DataFrame, id_column: str, source: str) -> None:
     ids = items.get_column(id_column)
     if ids.null_count():
         raise InputError(f"id column {id_column!r} in {source} has {ids.null_count()} null ids")
+    if ids.n_unique() == ids.len():  # the usual case, and several times faster to establish
+        return
     duplicated = ids.filter(ids.is_duplicated()).unique(maintain_order=True)
     if len(duplicated):
         sample = ", ".join(str(v) for v in duplicated.head(5).to_list())
@@ -172,6 +174,15 @@ def assign_batches(items: pl.DataFrame, batching: BatchingSpec) -> list[int]:
     return assignment
 
 
+def batch_numbers(items: pl.DataFrame, batching: BatchingSpec) -> pl.Series:
+    """``assign_batches`` as an Int64 Series; computed without Python loops for batching
+    by count (the default), which matters at millions of items."""
+    if batching.weight_column is None and batching.max_bytes is None:
+        numbers = pl.int_range(0, items.height, dtype=pl.Int64, eager=True)
+        return (numbers // batching.max_items).alias(_BATCH_COLUMN)
+    return pl.Series(_BATCH_COLUMN, assign_batches(items, batching), dtype=pl.Int64)
+
+
 def _assign_by_weight(items: pl.DataFrame, column: str, max_items: int) -> list[int]:
     if column not in items.columns:
         raise InputError(f"batching.weight_column {column!r} is not a column of the input")
@@ -198,7 +209,7 @@ def _assign_by_weight(items: pl.DataFrame, column: str, max_items: int) -> list[
 
 
 def write_batches(
-    items: pl.DataFrame, assignment: list[int], out_dir: Path
+    items: pl.DataFrame, assignment: list[int] | pl.Series, out_dir: Path
 ) -> list[dict[str, Any]]:
     """Write one Parquet file per batch into ``out_dir``; return facts about each."""
     tagged = items.with_columns(pl.Series(_BATCH_COLUMN, assignment, dtype=pl.Int64))
@@ -288,7 +299,7 @@ def partition_items(
         items, listing = read_items(config.input, _s3_client(config))
         if items.height == 0:
             raise InputError(f"input {config.input.uri} has no items")
-        assignment = assign_batches(items, config.batching)
+        assignment = batch_numbers(items, config.batching)
         final = Path(batches_dir)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))

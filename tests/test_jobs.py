@@ -13,7 +13,7 @@ from polars.testing import assert_frame_equal
 from orchestrator_ext.errors import JobLoadError, PermanentError
 from orchestrator_ext.example_data import make_records
 from orchestrator_ext.job import JobContext, code_version, job_context, load_callable
-from orchestrator_ext.jobs import checksum, grouped_stats, text_metrics, word_count
+from orchestrator_ext.jobs import checksum, grouped_stats, hash_chain, text_metrics, word_count
 
 
 def ctx(**params: object) -> JobContext:
@@ -150,6 +150,24 @@ class TestChecksum:
     def test_missing_file(self, tmp_path: Path) -> None:
         with pytest.raises(FileNotFoundError):
             checksum.checksum_file({"id": "a", "path": str(tmp_path / "nope")}, ctx())
+
+
+class TestHashChain:
+    def test_matches_the_definition(self) -> None:
+        # Spelled out independently: payload = sha256(str(id)) repeated to 256 bytes, then
+        # rounds of sha256(previous digest + payload).
+        seed = hashlib.sha256(b"42").digest()
+        payload = (seed * 8)[:256]
+        digest = b""
+        for _ in range(3):
+            digest = hashlib.sha256(digest + payload).digest()
+        assert hash_chain.hash_chain(42, rounds=3) == digest.hex()
+
+    def test_item_job_uses_params(self) -> None:
+        ctx = JobContext(run_id="r", batch_id="00000", attempt=1, params={"rounds": 5})
+        row = hash_chain.hash_chain_item({"id": 7}, ctx)
+        assert row == {"id": 7, "digest": hash_chain.hash_chain(7, rounds=5)}
+        assert row["digest"] != hash_chain.hash_chain(7, rounds=4)
 
 
 class TestLoadCallable:

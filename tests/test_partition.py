@@ -17,6 +17,7 @@ from orchestrator_ext.errors import InputError
 from orchestrator_ext.layout import all_task_ids
 from orchestrator_ext.partition import (
     assign_batches,
+    batch_numbers,
     check_ids,
     estimate_row_bytes,
     list_input_files,
@@ -388,3 +389,26 @@ class TestPlanJson:
         data = json.loads(text)
         assert text == json.dumps(data, indent=2, sort_keys=True) + "\n"
         assert len(data["input"]["listing_sha256"]) == 64
+
+
+class TestBatchNumbers:
+    """The vectorized assignment partition_items uses agrees with assign_batches."""
+
+    @pytest.mark.parametrize(
+        "spec",
+        [
+            BatchingSpec(max_items=7),
+            BatchingSpec(max_items=1000),
+            BatchingSpec(max_items=9, max_bytes=60),
+            BatchingSpec(max_items=6, weight_column="w"),
+        ],
+    )
+    def test_same_as_assign_batches(self, spec: BatchingSpec) -> None:
+        rng = np.random.default_rng(3)
+        items = pl.DataFrame(
+            {"id": list(range(101)), "w": rng.integers(0, 50, 101).tolist(),
+             "text": ["x" * k for k in rng.integers(0, 30, 101)]}
+        )  # fmt: skip
+        numbers = batch_numbers(items, spec)
+        assert numbers.dtype == pl.Int64
+        assert numbers.to_list() == assign_batches(items, spec)

@@ -8,4 +8,6 @@
   sha256 of the text.
 - ``checksum``: concat, item mode; size and sha256 of the file each item names. A missing
   or unreadable file fails that item alone, which is dead-lettered.
+- ``hash_chain``: concat, item mode; a chain of sha256 rounds per item, pure CPU (the
+  workload of ``bench/cpu.py``).
 """
