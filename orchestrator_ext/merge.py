@@ -54,19 +54,32 @@ def verify_children(children: list[tuple[str, str]]) -> list[dict[str, Any]]:
 
 
 def concat_stream(inputs: list[str], output: str | os.PathLike[str]) -> int:
-    """Concatenate Parquet files into ``output`` one record batch at a time; return rows."""
-    files = [pq.ParquetFile(path) for path in inputs]
-    non_empty = [f for f in files if f.metadata.num_rows > 0]
-    schema = (non_empty or files)[0].schema_arrow
+    """Concatenate Parquet files into ``output`` one record batch at a time; return rows.
+
+    Children are opened one after another, without pre-buffering: pyarrow's default
+    pre-buffering reads whole column chunks ahead, which held about twice the largest
+    child in memory (bench/merge_memory.py).
+    """
+    schema = _first_schema(inputs)
     rows = 0
     with pq.ParquetWriter(output, schema, compression="zstd") as writer:
-        for parquet_file, path in ((f, p) for f, p in zip(files, inputs, strict=True)):
-            if parquet_file.metadata.num_rows == 0:
-                continue
-            for batch in parquet_file.iter_batches(batch_size=_STREAM_BATCH_ROWS):
-                writer.write_table(_conform(pa.Table.from_batches([batch]), schema, path))
-                rows += batch.num_rows
+        for path in inputs:
+            with pq.ParquetFile(path, pre_buffer=False) as parquet_file:
+                if parquet_file.metadata.num_rows == 0:
+                    continue
+                for batch in parquet_file.iter_batches(batch_size=_STREAM_BATCH_ROWS):
+                    writer.write_table(_conform(pa.Table.from_batches([batch]), schema, path))
+                    rows += batch.num_rows
     return rows
+
+
+def _first_schema(inputs: list[str]) -> pa.Schema:
+    """The schema of the first child with rows (of the first child if none has rows)."""
+    for path in inputs:
+        metadata = pq.read_metadata(path)
+        if metadata.num_rows > 0:
+            return metadata.schema.to_arrow_schema()
+    return pq.read_schema(inputs[0])
 
 
 def _conform(table: pa.Table, schema: pa.Schema, path: str) -> pa.Table:
