@@ -48,9 +48,21 @@ services: $(VENV)/.installed-test
 test: lint services
 	$(BIN)/pytest -q
 
-## bench: benchmarks (not tests); rewrites docs/benchmarks.md
-bench: $(VENV)/.installed-test
-	$(BIN)/python bench/plan.py --batches 1000 10000
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install --quiet -e ".[test,bench]" --config-settings editable_mode=compat
+	touch $@ $(VENV)/.installed-test $(VENV)/.installed
+
+## bench: every benchmark (not tests; about 45 min), then docs/benchmarks.md and its plot
+bench: $(VENV)/.installed-bench
+	VENV=$(VENV) bash tests/services/setup.sh slurm
+	VENV=$(VENV) bash tests/services/setup.sh moto
+	$(BIN)/python bench/cpu.py
+	$(BIN)/python bench/plan.py --batches 1000 10000 30000 --no-bare-script
+	$(BIN)/python bench/reduce.py
+	$(BIN)/python bench/merge_memory.py
+	$(BIN)/python bench/requests.py
+	$(BIN)/python bench/slurm.py
+	$(BIN)/python bench/plot.py
 
 clean:
 	rm -rf results .snakemake

@@ -34,15 +34,11 @@ Run (from the repository root, with the project's venv)::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import re
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,15 +46,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-SNAKEFILE = REPO / "workflow" / "Snakefile"
-DOCS = REPO / "docs" / "benchmarks.md"
-BIN = Path(sys.executable).parent
-SNAKEMAKE = str(BIN / "snakemake") if (BIN / "snakemake").exists() else "snakemake"
-GNU_TIME = "/usr/bin/time"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BEGIN = "<!-- BEGIN bench/plan.py (generated: rerun the benchmark, do not edit by hand) -->"
-END = "<!-- END bench/plan.py -->"
+from common import (  # noqa: E402 - after the path tweak above
+    REPO,
+    SNAKEMAKE,
+    Sample,
+    gnu_time_works,
+    machine_facts,
+    save_results,
+    timed_run,
+    write_section,
+)
+
+SNAKEFILE = REPO / "workflow" / "Snakefile"
+
 TARGET = 1.2
 # Logged when a finished checkpoint's dependants are re-planned, i.e. the full DAG is built.
 CHECKPOINT_DONE = "Updating checkpoint dependencies."
@@ -211,13 +213,6 @@ rule report_dashboard:
 
 
 @dataclass
-class Sample:
-    wall_s: float
-    cpu_s: float
-    max_rss_kib: int
-
-
-@dataclass
 class Side:
     name: str
     cmd: list[str]
@@ -318,14 +313,7 @@ def prepare_bare(root: Path, n_batches: int, fan_in: int, script: bool) -> Side:
 # measuring
 
 
-def gnu_time_works() -> bool:
-    if not os.access(GNU_TIME, os.X_OK):
-        return False
-    probe = subprocess.run([GNU_TIME, "-v", "true"], capture_output=True, text=True)
-    return probe.returncode == 0 and "Maximum resident set size" in probe.stderr
-
-
-def dry_run(side: Side, use_gnu_time: bool, quiet: tuple[str, ...] = ()) -> tuple[Sample, str]:
+def dry_run(side: Side, quiet: tuple[str, ...] = ()) -> tuple[Sample, str]:
     """One ``snakemake -n --cores 1 --quiet`` run; returns its sample and its output.
 
     Plain ``--quiet`` (rules and progress) prints the job counts and returns once the DAG is
@@ -333,33 +321,7 @@ def dry_run(side: Side, use_gnu_time: bool, quiet: tuple[str, ...] = ()) -> tupl
     the time at 10,000 batches, the same work on both sides). Plain ``--quiet`` prints no job
     counts, so the warm-up uses ``quiet=("rules",)`` to check the plan."""
     full = [*side.cmd, "--dry-run", "--cores", "1", "--quiet", *quiet]
-    time_file = None
-    if use_gnu_time:
-        fd, time_file = tempfile.mkstemp(prefix="time-", suffix=".txt")
-        os.close(fd)
-        full = [GNU_TIME, "-v", "-o", time_file, *full]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = subprocess.run(full, cwd=side.cwd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    output = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        raise SystemExit(f"dry run failed ({proc.returncode}): {' '.join(full)}\n{output[-4000:]}")
-    if time_file:
-        text = Path(time_file).read_text()
-        os.unlink(time_file)
-
-        def field_of(label: str) -> float:
-            return float(re.search(rf"{re.escape(label)}: ([\d.]+)", text).group(1))
-
-        rss = int(field_of("Maximum resident set size (kbytes)"))
-        cpu = field_of("User time (seconds)") + field_of("System time (seconds)")
-    else:
-        # ru_maxrss of RUSAGE_CHILDREN is the largest child so far: exact while it grows.
-        rss = after.ru_maxrss
-        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return Sample(wall, cpu, rss), output
+    return timed_run(full, cwd=side.cwd, what=f"{side.name} dry run")
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -367,9 +329,7 @@ def job_counts(output: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", output, re.MULTILINE)}
 
 
-def measure(
-    n_batches: int, args: argparse.Namespace, workdir: Path, use_gnu_time: bool
-) -> dict[str, Any]:
+def measure(n_batches: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     case = workdir / f"n{n_batches}"
     t0 = time.perf_counter()
     sides = [
@@ -382,7 +342,7 @@ def measure(
     want = expected_counts(n_batches, args.fan_in)
     jobs = {}
     for side in sides:  # warm-up: page cache, .snakemake/, bytecode; checks the DAG
-        _, output = dry_run(side, use_gnu_time, quiet=("rules",))
+        _, output = dry_run(side, quiet=("rules",))
         counts = job_counts(output)
         wrong = {rule: counts.get(rule) for rule, n in want.items() if counts.get(rule) != n}
         if wrong or "partition_items" in counts or "partition" in counts:
@@ -395,7 +355,7 @@ def measure(
     loads = [os.getloadavg()[0]]
     for _ in range(args.repeats):
         for side in sides:
-            sample, output = dry_run(side, use_gnu_time)
+            sample, output = dry_run(side)
             loads.append(os.getloadavg()[0])
             if CHECKPOINT_DONE not in output:  # the plan stopped at the partition
                 raise SystemExit(f"{side.name}: the partition is planned again\n{output[-3000:]}")
@@ -440,30 +400,6 @@ def measure(
 # reporting
 
 
-def machine_facts() -> dict[str, str]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem_kib = 0
-    with open("/proc/meminfo") as handle:
-        for line in handle:
-            if line.startswith("MemTotal:"):
-                mem_kib = int(line.split()[1])
-    version = subprocess.run([SNAKEMAKE, "--version"], capture_output=True, text=True)
-    return {
-        "date": dt.date.today().isoformat(),
-        "cpus": str(os.cpu_count()),
-        "cpu_model": cpu,
-        "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "snakemake": version.stdout.strip(),
-    }
-
-
 def render(
     results: list[dict[str, Any]], facts: dict[str, str], args: argparse.Namespace, how: str
 ) -> str:
@@ -503,7 +439,6 @@ def render(
     if args.snakefile.resolve() != SNAKEFILE:
         command += f" --snakefile {args.snakefile}"
     lines = [
-        BEGIN,
         "## Planning (snakemake -n)",
         "",
         f"`{command}`, run on {facts['date']}. Wall time of `snakemake -n --cores 1 --quiet` "
@@ -536,20 +471,8 @@ def render(
         f"1-minute load average during the timed runs: {low:.1f} to {high:.1f} "
         "(wall times are only comparable on an otherwise idle machine; CPU times suffer less "
         "from other load).",
-        END,
     ]
     return "\n".join(lines)
-
-
-def write_docs(section: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -586,24 +509,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
     args = parser.parse_args(argv)
 
-    use_gnu_time = gnu_time_works()
-    how = "`/usr/bin/time -v`" if use_gnu_time else "`getrusage(RUSAGE_CHILDREN)`"
+    how = "`/usr/bin/time -v`" if gnu_time_works() else "`getrusage(RUSAGE_CHILDREN)`"
     facts = machine_facts()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-plan-"))
     results = []
     try:
         for n in args.batches:
-            results.append(measure(n, args, workdir, use_gnu_time))
+            results.append(measure(n, args, workdir))
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     section = render(results, facts, args, how)
     print(section)
+    save_results("plan", {"facts": facts, "results": results})
     if args.json:
         args.json.write_text(json.dumps({"machine": facts, "results": results}, indent=2) + "\n")
     if not args.no_docs:
-        write_docs(section)
-        print(f"wrote {DOCS.relative_to(REPO)}")
+        write_section("plan", section)
     return 0
 
 
