@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -212,14 +213,28 @@ def write_batches(
     items: pl.DataFrame, assignment: list[int] | pl.Series, out_dir: Path
 ) -> list[dict[str, Any]]:
     """Write one Parquet file per batch into ``out_dir``; return facts about each."""
-    tagged = items.with_columns(pl.Series(_BATCH_COLUMN, assignment, dtype=pl.Int64))
-    groups = tagged.partition_by(_BATCH_COLUMN, maintain_order=True, as_dict=True)
+    numbers = pl.Series(_BATCH_COLUMN, assignment, dtype=pl.Int64)
     batches = []
-    for (batch,), frame in sorted(groups.items()):
+    for batch, frame in _batch_frames(items, numbers):
         path = out_dir / f"{batch_name(batch)}.parquet"
-        frame.drop(_BATCH_COLUMN).write_parquet(path, compression="zstd", statistics=True)
+        frame.write_parquet(path, compression="zstd", statistics=True)
         batches.append({"batch_id": f"{batch:05d}", "items": frame.height, **file_facts(path)})
     return batches
+
+
+def _batch_frames(items: pl.DataFrame, numbers: pl.Series) -> Iterator[tuple[int, pl.DataFrame]]:
+    """Each batch's rows in input order, by batch number. Contiguous batches (by count or
+    bytes) are zero-copy slices; only weight batching needs a partitioned copy."""
+    if numbers.is_sorted():
+        offset = 0
+        for run in numbers.rle().to_list():
+            yield run["value"], items.slice(offset, run["len"])
+            offset += run["len"]
+        return
+    tagged = items.with_columns(numbers)
+    groups = tagged.partition_by(_BATCH_COLUMN, maintain_order=True, as_dict=True)
+    for (batch,), frame in sorted(groups.items()):
+        yield batch, frame.drop(_BATCH_COLUMN)
 
 
 def build_plan(
