@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 EXAMPLE_ITEMS ?= 200000
-PY_DIRS := orchestrator_ext tests scripts $(wildcard bench) snakemake_executor_plugin_orchestrator_local snakemake_executor_plugin_orchestrator_slurm
+PY_DIRS := orchestrator_ext tests scripts $(wildcard bench) snakemake_executor_plugin_orchestrator_local snakemake_executor_plugin_orchestrator_slurm snakemake_storage_plugin_orchestrator_s3
 
 .PHONY: run test lint services bench clean
 

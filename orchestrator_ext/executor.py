@@ -11,13 +11,18 @@ killed before they could record anything, keep Snakemake's resubmission, with re
 escalated per attempt by the rules.
 
 Two executors use this: ``orchestrator-slurm`` (the Slurm plugin's executor) and
-``orchestrator-local`` (Snakemake's local executor), each a thin plugin module.
+``orchestrator-local`` (Snakemake's local executor), each a thin plugin module. Both also
+make the ``orchestrator-s3`` storage provider forget what it knew about a job's outputs
+when the job finishes (``DropsStorageCache``): the job may have written them, so those
+answers go before Snakemake learns of the completion (``orchestrator_ext.storage_cache``).
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+
+from orchestrator_ext import storage_cache
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +89,45 @@ class PermanentFailureAware:
                         "`orchestrator errors`); not resubmitting"
                     )
                 job.attempt = job.restart_times + 1
+
+
+class DropsStorageCache:
+    """Mixin for an executor: forget what the storage caches of this process know about a
+    job's outputs when it finishes (successfully or not), before Snakemake is told; see
+    ``orchestrator_ext.storage_cache``. Caches keep answers only once such an executor
+    exists (``storage_cache.enable``).
+    """
+
+    def __post_init__(self, *args: Any, **kwargs: Any) -> None:
+        storage_cache.enable()
+        super().__post_init__(*args, **kwargs)  # type: ignore[misc]
+
+    def report_job_success(self, job_info: Any) -> None:
+        _drop_outputs(job_info)
+        super().report_job_success(job_info)  # type: ignore[misc]
+
+    def report_job_error(self, job_info: Any, msg: Any = None, **kwargs: Any) -> None:
+        _drop_outputs(job_info)
+        super().report_job_error(job_info, msg, **kwargs)  # type: ignore[misc]
+
+
+def _drop_outputs(job_info: Any) -> None:
+    """Drop the cached answers about a finished job's (or group job's) storage outputs;
+    everything, if they cannot be named."""
+    try:
+        job = job_info.job
+        jobs = list(job.jobs) if job.is_group() else [job]
+        keys = []
+        for single in jobs:
+            for output in single.output:
+                if not output.is_storage:
+                    continue
+                stored = output.storage_object
+                keys.append((stored.bucket, stored.key, output.is_directory))
+    except AttributeError:  # a storage object without bucket/key, or an unusual job
+        storage_cache.drop_all()
+        return
+    storage_cache.drop_keys(keys)
 
 
 def slurm_state(status: str) -> str:

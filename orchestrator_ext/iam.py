@@ -9,11 +9,12 @@ of one run (``snakemake``, its Slurm jobs, ``orchestrator status``). It grants:
 - ``RunListing``: ``s3:ListBucket`` on the bucket, only for listings whose ``s3:prefix`` is
   the run folder or lies under it.
 - ``BucketCheck`` (unless ``strict_list``): ``s3:ListBucket`` for requests that carry *no*
-  prefix. ``snakemake-storage-plugin-s3`` calls HeadBucket before every upload, and IAM
-  authorises HeadBucket as ``s3:ListBucket`` without a prefix; without this statement the
-  plugin takes the bucket for missing and tries to create it. The price: the principal can
-  list the *names* (not the content) of every key in the bucket. Use a bucket per project,
-  or ``strict_list`` with a storage plugin that does not need it.
+  prefix. The storage plugin (``orchestrator-s3``, built on ``snakemake-storage-plugin-s3``)
+  calls HeadBucket before its first upload to a bucket, and IAM authorises HeadBucket as
+  ``s3:ListBucket`` without a prefix; without this statement the plugin takes the bucket
+  for missing and tries to create it. The price: the principal can list the *names* (not
+  the content) of every key in the bucket. Use a bucket per project, or ``strict_list``
+  with a storage plugin that does not need it.
 - ``InputObjects`` / ``InputListing``: read-only access to the input's objects and a
   prefix-limited listing, when the input is in S3.
 - ``StateRows``: the DynamoDB item actions the state store uses (GetItem, Query, PutItem,

@@ -11,9 +11,12 @@ Where the endpoint and credentials come from (first match wins):
   used if present, so a job sees the same bucket as the plugin that wrote its inputs;
 - region: boto3's standard lookup, then ``SNAKEMAKE_STORAGE_S3_REGION``.
 
-Files of a run are moved to and from S3 by ``snakemake-storage-plugin-s3`` and rely on the
-bucket's default encryption. Objects this package writes itself go through ``put_bytes`` /
-``upload_file``, which always ask for server-side encryption (``SSE_ARGS``).
+Files of a run are moved to and from S3 by the storage plugin ``orchestrator-s3``
+(``snakemake-storage-plugin-s3`` with a cache of its existence, mtime and size answers; see
+``orchestrator_ext.storage_cache``), configured by the s3 plugin's ``SNAKEMAKE_STORAGE_S3_*``
+settings, and rely on the bucket's default encryption. Objects this package writes itself
+go through ``put_bytes`` / ``upload_file``, which always ask for server-side encryption
+(``SSE_ARGS``).
 
 Errors that mean "this is set up wrong" (missing bucket, unreachable endpoint, missing or
 refused credentials) become one line of ``S3Error``; credentials never appear in messages.

@@ -6,19 +6,37 @@ import sys
 
 from snakemake.exceptions import InputOpenException
 from snakemake.io import IOFile
+from snakemake_storage_plugin_orchestrator_s3 import provider_settings
 
 import orchestrator_ext.workflow as ox
 
 RUN = ox.load_run_config(config)
 # Where the files are (s3:// URIs for a run in S3): what records and the manifest store.
 URIS = ox.RunLayout(RUN.run_dir)
-# File targets. A run in S3 (output_root: s3://bucket/prefix) has every one of them moved by
-# snakemake-storage-plugin-s3; jobs see local copies under .snakemake/storage/s3/. Logs stay
-# local in both cases (RunLayout.log).
-LAYOUT = ox.RunLayout(RUN.run_dir, wrap=storage) if URIS.is_remote else URIS
+
+# A run in S3 (output_root: s3://bucket/prefix) has every file target moved by the storage
+# plugin orchestrator-s3: snakemake-storage-plugin-s3 with a cache of what S3 said about
+# each key, dropped whenever a job finishes (orchestrator_ext/storage_cache.py). Named
+# explicitly: with both plugins installed, storage(...) could not infer which one. Its
+# settings are the s3 plugin's (--storage-s3-*, SNAKEMAKE_STORAGE_S3_*, the profiles'
+# storage-s3-retries), unless given as --storage-orchestrator-s3-*.
+if URIS.is_remote:
+
+    storage orchestrator_s3:
+        **provider_settings(workflow.storage_provider_settings, "orchestrator_s3"),
+        provider="orchestrator-s3",
+
+
+# File targets; in S3, jobs see local copies under .snakemake/storage/orchestrator_s3/.
+# Logs stay local in both cases (RunLayout.log).
+LAYOUT = (
+    ox.RunLayout(RUN.run_dir, wrap=storage.orchestrator_s3) if URIS.is_remote else URIS
+)
 # Inputs a job needs to exist but never reads: not downloaded for the job.
 PRESENT = (
-    ox.RunLayout(RUN.run_dir, wrap=lambda path: storage(path, retrieve=False))
+    ox.RunLayout(
+        RUN.run_dir, wrap=lambda path: storage.orchestrator_s3(path, retrieve=False)
+    )
     if URIS.is_remote
     else URIS
 )
@@ -26,8 +44,9 @@ PRESENT = (
 
 def as_target(path):
     """A flagged path (e.g. directory(...)) as a file target: Snakemake wants storage()
-    outermost (directory(storage(...)) is a syntax error)."""
-    return storage(path) if URIS.is_remote else path
+    outermost (directory(storage(...)) is a syntax error). The provider sees the
+    directory() flag: only such targets are folders in S3, listed instead of HEADed."""
+    return storage.orchestrator_s3(path) if URIS.is_remote else path
 
 
 wildcard_constraints:

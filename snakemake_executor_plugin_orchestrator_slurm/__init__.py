@@ -1,13 +1,18 @@
 """Executor ``orchestrator-slurm``: the Slurm plugin's executor, which does not resubmit a
 job whose failure the state store records as permanent, and that sees a job cancelled with
-``scancel`` as failed (see orchestrator_ext.executor).
+``scancel`` as failed, and that makes the S3 storage provider forget what it knew about a
+finished job's outputs (see orchestrator_ext.executor).
 Options are the Slurm plugin's, prefixed ``orchestrator-slurm-`` instead of ``slurm-``."""
 
 import snakemake_executor_plugin_slurm
 from snakemake_executor_plugin_slurm import Executor as SlurmExecutor
 from snakemake_executor_plugin_slurm import ExecutorSettings, common_settings
 
-from orchestrator_ext.executor import PermanentFailureAware, normalize_slurm_states
+from orchestrator_ext.executor import (
+    DropsStorageCache,
+    PermanentFailureAware,
+    normalize_slurm_states,
+)
 
 __all__ = ["Executor", "ExecutorSettings", "common_settings"]
 
@@ -15,5 +20,5 @@ __all__ = ["Executor", "ExecutorSettings", "common_settings"]
 normalize_slurm_states(snakemake_executor_plugin_slurm)
 
 
-class Executor(PermanentFailureAware, SlurmExecutor):
-    """Slurm executor with category-aware resubmission."""
+class Executor(DropsStorageCache, PermanentFailureAware, SlurmExecutor):
+    """Slurm executor with category-aware resubmission and S3 storage-cache upkeep."""

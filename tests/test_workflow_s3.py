@@ -1,5 +1,6 @@
-"""End to end with every file target in S3: the local executor, snakemake-storage-plugin-s3
-and the real boto3 against the local AWS endpoint, task state in DynamoDB there too.
+"""End to end with every file target in S3: the local executor, the storage plugin
+orchestrator-s3 (snakemake-storage-plugin-s3 with a cache) and the real boto3 against the
+local AWS endpoint, task state in DynamoDB there too.
 
 S3 settings reach Snakemake, its jobs and the package the way they reach cluster jobs: as
 ``SNAKEMAKE_STORAGE_S3_*`` environment variables (no ``AWS_ENDPOINT_URL``; DynamoDB gets
