@@ -13,12 +13,13 @@ the same profile settings. Target: ours no slower.
   DynamoDB table on the moto server at 127.0.0.1:5555 instead, as the production profile
   recommends for a real cluster).
 * **plain**: ``PLAIN_SNAKEFILE`` below, written into each run folder with one small
-  ``script:`` per rule, what a researcher would hand-write with polars: a ``partition``
-  checkpoint cutting the same input into the same batches (``plan.json`` holds the count),
-  one ``process_batch`` job per batch computing the same per-group partials (count, sum,
-  sum of squares, min, max), the merge tree with the same fan-in and levels, a root that adds
-  mean and std, a manifest (sha256 of every file) and a local HTML report rule. It runs with
-  the official ``slurm`` executor and a copy of the same profile in which only the executor
+  ``script:`` per rule, what a researcher would hand-write with polars: a
+  ``partition_items`` checkpoint cutting the same input into the same batches
+  (``plan.json`` holds the count), one ``process_batch`` job per batch computing the same
+  per-group partials (count, sum, sum of squares, min, max), the merge tree with the same
+  fan-in and levels, a root that adds mean and std, a manifest (sha256 of every file) and a
+  local HTML report rule (rule names as in ours, so that figures line up). It runs with the
+  official ``slurm`` executor and a copy of the same profile in which only the executor
   name and its option prefix (``orchestrator-slurm-*`` -> ``slurm-*``) are swapped.
 
 Both profiles keep the test profile's fast status polling (first check after 1 s, then every
@@ -30,17 +31,21 @@ Each repetition runs ours and plain (order alternating) from clean working folde
 count, sum, sum_sq, min, max, mean, std), and reads ``sacct`` for the Slurm jobs each
 submitted: how many, their summed elapsed time, the part of it spent in the job's ``srun``
 step (the job itself) rather than in the Snakemake process that the batch script starts
-first, and how long the coordinator took to notice finished jobs. Figures are medians.
+first, and how long the coordinator took to notice finished jobs, and which other Slurm
+jobs ran meanwhile. The cluster is shared (other sessions' tests submit jobs to it), so a
+repetition during which other jobs ran is discarded and repeated, up to ``--repeats`` more
+times. Figures are medians.
 
-Then, to see where a job's time goes, one job of every rule is re-run outside Slurm, one
-at a time, in the last repetition's run folders (``--anatomy-repeats`` times per side;
-``anatomy``): the command a Slurm job's ``srun`` step runs, and the same with
-``--dry-run``, which splits it into Snakemake start-up and planning (paid twice per Slurm
-job) and running the rule (paid once).
+Then, to see where a job's time goes without the status polling, one job of every rule is
+re-run with ``--force`` in the last repetition's run folders (``--anatomy-repeats`` times per
+side; ``anatomy``): outside Slurm, the command a Slurm job's ``srun`` step runs, and the
+same with ``--dry-run``, which splits it into Snakemake start-up and planning (paid twice
+per Slurm job) and running the rule (paid once); and in Slurm, the batch script's command
+through ``sbatch --wait`` (two jobs at once where a run has two or more).
 
 Run from the repository root, with the cluster up (``bash tests/services/setup.sh all``)::
 
-    .venv/bin/python bench/slurm.py                  # 3 repetitions per side, ~12 min
+    .venv/bin/python bench/slurm.py                  # 3 repetitions per side, ~16 min
     .venv/bin/python bench/slurm.py --repeats 1 --no-docs --anatomy-repeats 0   # ~4 min
 
 Options: ``--items`` (20,000), ``--batches`` (8), ``--fan-in`` (4), ``--repeats`` (3),
@@ -728,7 +733,9 @@ def render(results: dict[str, Any], facts: dict[str, str], args: argparse.Namesp
     )
     command = (
         f"bench/slurm.py --items {args.items} --batches {args.batches} --fan-in {args.fan_in} "
-        f"--repeats {args.repeats}" + (" --state dynamodb" if args.state == "dynamodb" else "")
+        f"--repeats {args.repeats}"
+        + (" --state dynamodb" if args.state == "dynamodb" else "")
+        + (f" --anatomy-repeats {args.anatomy_repeats}" if args.anatomy_repeats != 3 else "")
     )
     levels = " / ".join(map(str, results["levels"]))
     lines = [
