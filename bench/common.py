@@ -14,11 +14,13 @@ import os
 import platform
 import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -181,3 +183,32 @@ def venv_env(**extra: str) -> dict[str, str]:
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra)
     return env
+
+
+def run_and_report(
+    name: str,
+    args: Any,
+    measure: Callable[[Any, Path], dict[str, Any]],
+    render: Callable[[dict[str, Any], dict[str, str], Any], str],
+) -> int:
+    """The shared tail of a benchmark's ``main``: ``measure(args, workdir)`` in
+    ``args.workdir`` (or a temporary folder, removed afterwards), then the raw figures to
+    bench/results/<name>.json and ``render(results, facts, args)`` to stdout and, unless
+    ``args.no_docs``, to the benchmark's section of docs/benchmarks.md."""
+    facts = machine_facts()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    try:
+        results = measure(args, work)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    results["facts"] = facts
+    results["elapsed_s"] = time.perf_counter() - started
+    save_results(name, results)
+    text = render(results, facts, args)
+    print(text)
+    if not args.no_docs:
+        write_section(name, text)
+    return 0

@@ -37,8 +37,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +46,11 @@ from common import (  # noqa: E402 - after the path tweak above
     REPO,
     SNAKEMAKE,
     Sample,
-    machine_facts,
     machine_line,
     median_sample,
-    save_results,
+    run_and_report,
     timed_run,
     venv_env,
-    write_section,
 )
 
 NAME = "cpu"
@@ -406,27 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         run_peer(args.peer, args.items_file, args.out, args.rounds, args.workers,
                  args.peer_chunks)  # fmt: skip
         return 0
-    if "pool" not in args.peers:
-        args.peers.insert(0, "pool")  # the reference every output is checked against
-    else:
-        args.peers.remove("pool")
-        args.peers.insert(0, "pool")
-    facts = machine_facts()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-cpu-"))
-    started = time.perf_counter()
-    try:
-        results = measure(args, work)
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
-    results["facts"] = facts
-    results["elapsed_s"] = time.perf_counter() - started
-    save_results(NAME, results)
-    text = render(results, facts, args)
-    print(text)
-    if not args.no_docs:
-        write_section(NAME, text)
-    return 0
+    # The pool runs first: it is the reference every output is checked against.
+    args.peers = ["pool", *(peer for peer in args.peers if peer != "pool")]
+    return run_and_report(NAME, args, measure, render)
 
 
 if __name__ == "__main__":

@@ -24,22 +24,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402 - after the path tweak above
-    machine_facts,
     machine_line,
-    save_results,
+    run_and_report,
     timed_run,
     venv_env,
-    write_section,
 )
 
 NAME = "merge_memory"
@@ -189,21 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         children = json.loads((args.workdir / "children.json").read_text())
         run_node(args.node, args.workdir, [tuple(c) for c in children])
         return 0
-    facts = machine_facts()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-merge-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        results = measure(args, work)
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
-    results["facts"] = facts
-    save_results(NAME, results)
-    text = render(results, facts, args)
-    print(text)
-    if not args.no_docs:
-        write_section(NAME, text)
-    return 0
+    return run_and_report(NAME, args, measure, render)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import os
 import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,13 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402 - after the path tweak above
     REPO,
     SNAKEMAKE,
-    machine_facts,
     machine_line,
     median_sample,
-    save_results,
+    run_and_report,
     timed_run,
     venv_env,
-    write_section,
 )
 
 NAME = "reduce"
@@ -180,6 +177,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             f"  polars {samples['polars'][-1].wall_s:6.2f} s   ours {sample.wall_s:6.2f} s",
             flush=True,
         )
+    ours = median_sample(samples["ours"])
     results: dict[str, Any] = {
         "rows": args.rows,
         "batches": args.batches,
@@ -188,10 +186,10 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "input_mib": items.stat().st_size / 2**20,
         "load_avg_1min": [min(loads), max(loads)],
         "polars": median_sample(samples["polars"]),
-        "ours": median_sample(samples["ours"]),
-        "timeline": min(timelines, key=lambda t: abs(t["wall_s"] - median_sample(
-            samples["ours"])["wall_s"])),
-    }  # fmt: skip
+        "ours": ours,
+        # the run nearest the median, to tell where a typical run's time goes
+        "timeline": min(timelines, key=lambda t: abs(t["wall_s"] - ours["wall_s"])),
+    }
     results["ratio"] = results["ours"]["wall_s"] / results["polars"]["wall_s"]
     return results
 
@@ -248,21 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.polars:
         polars_query(*args.polars)
         return 0
-    facts = machine_facts()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-reduce-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        results = measure(args, work)
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
-    results["facts"] = facts
-    save_results(NAME, results)
-    text = render(results, facts, args)
-    print(text)
-    if not args.no_docs:
-        write_section(NAME, text)
-    return 0
+    return run_and_report(NAME, args, measure, render)
 
 
 if __name__ == "__main__":
