@@ -15,11 +15,13 @@ Two executors use this: ``orchestrator-slurm`` (the Slurm plugin's executor) and
 make the ``orchestrator-s3`` storage provider forget what it knew about a job's outputs
 when the job finishes (``DropsStorageCache``): the job may have written them, so those
 answers go before Snakemake learns of the completion (``orchestrator_ext.storage_cache``).
+And both end the run as soon as the scheduler is done (``EndsPromptly``).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from orchestrator_ext import storage_cache
@@ -128,6 +130,35 @@ def _drop_outputs(job_info: Any) -> None:
         storage_cache.drop_all()
         return
     storage_cache.drop_keys(keys)
+
+
+class EndsPromptly:
+    """Mixin for an executor: when the scheduler shuts it down at the end of a run, cancel
+    the scheduler's pending wake-up timers (``cancel_scheduler_wakeups``)."""
+
+    def shutdown(self) -> None:
+        super().shutdown()  # type: ignore[misc]
+        cancel_scheduler_wakeups()
+
+
+def cancel_scheduler_wakeups() -> int:
+    """Cancel the wake-up timers Snakemake's job scheduler left behind; return how many.
+
+    Under ``--max-jobs-per-timespan`` (default ``100/1s``) every scheduling round starts a
+    ``threading.Timer`` (not a daemon) that wakes the scheduler one timespan later. Once the
+    scheduler has finished and shut its executor down nothing listens, but the interpreter
+    still waits for the last timer before it exits: up to a second at the end of every run
+    (measured on the CPU benchmark, docs/benchmarks.md). Only those timers are cancelled.
+    """
+    cancelled = 0
+    for thread in threading.enumerate():
+        function = getattr(thread, "function", None)
+        if isinstance(thread, threading.Timer) and "_schedule_reevalutation" in getattr(
+            function, "__qualname__", ""
+        ):
+            thread.cancel()
+            cancelled += 1
+    return cancelled
 
 
 def slurm_state(status: str) -> str:

@@ -63,7 +63,8 @@ def process_batch_main(argv: list[str] | None = None) -> None:
     The rule runs the most numerous job of a run, so it uses ``shell:`` rather than
     ``script:``: Snakemake plans a ``script:`` job noticeably slower (it reads and caches the
     script for every job) and starts it through a generated wrapper; a command line costs
-    neither. Config arrives as JSON; the record's URIs follow from it.
+    neither. Config arrives as JSON; the record's URIs and where dead letters go (the run
+    folder or S3; not a Snakemake output) follow from it.
     """
     import argparse
     import json
@@ -73,7 +74,7 @@ def process_batch_main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m orchestrator_ext.jobstep process-batch")
     for name in ("config-json", "log", "batch", "batch-file", "plan-file", "result",
-                 "dead-letter", "record"):  # fmt: skip
+                 "record"):  # fmt: skip
         parser.add_argument(f"--{name}", required=True)
     args = parser.parse_args(argv)
     raw_config = json.loads(args.config_json)
@@ -87,9 +88,9 @@ def process_batch_main(argv: list[str] | None = None) -> None:
         batch_sha256=None,
         plan_file=args.plan_file,
         result_file=args.result,
-        dead_letter_file=args.dead_letter,
+        dead_letter_uri=run.dead_letter(args.batch),
         record_file=args.record,
-        uris={"result": run.result(args.batch), "dead_letter": run.dead_letter(args.batch)},
+        uris={"result": run.result(args.batch)},
     )
 
 

@@ -6,7 +6,8 @@ A run's files, all under ``{output_root}/{run_id}/``::
     batches/batch-NNNNN.parquet       the items of one batch
     results/batch-NNNNN.parquet       the job's output for one batch
     results/batch-NNNNN.json          its record: sha256, rows, bytes, attempts, host, ...
-    dead_letter/batch-NNNNN.parquet   items that failed permanently (id, category, ...)
+    dead_letter/batch-NNNNN.parquet   items that failed permanently (id, category, ...);
+                                      only batches that have some (the record names it)
     merge/L{level}/part-NNNNN.parquet an inner node of the merge tree (+ .json record)
     final/result.parquet              the root of the merge tree (+ .json record)
     manifest.json                     everything above, with checksums

@@ -122,8 +122,8 @@ def listed_files(manifest: dict[str, Any]) -> list[tuple[str, str, str]]:
     )
     for batch in manifest["batches"]:
         files.append((f"batch {batch['batch_id']} result", batch["uri"], batch["sha256"]))
-        dead = batch["dead_letter"]
-        files.append((f"batch {batch['batch_id']} dead letters", dead["uri"], dead["sha256"]))
+        if dead := batch["dead_letter"]:  # None: the batch dead-lettered nothing
+            files.append((f"batch {batch['batch_id']} dead letters", dead["uri"], dead["sha256"]))
     for node in manifest["merges"]:
         files.append((f"merge L{node['level']} part {node['index']}", node["uri"], node["sha256"]))
     files.append(("final result", manifest["final"]["uri"], manifest["final"]["sha256"]))

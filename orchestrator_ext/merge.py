@@ -14,17 +14,18 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from orchestrator_ext.config import RunConfig
 from orchestrator_ext.errors import OrchestratorError
 from orchestrator_ext.job import JobContext, job_context, load_callable
 from orchestrator_ext.state import StateStore, current_host
 from orchestrator_ext.storage import atomic_path, file_facts, read_json, verify_checksum, write_json
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +59,12 @@ def concat_stream(inputs: list[str], output: str | os.PathLike[str]) -> int:
 
     Children are opened one after another, without pre-buffering: pyarrow's default
     pre-buffering reads whole column chunks ahead, which held about twice the largest
-    child in memory (bench/merge_memory.py).
+    child in memory (bench/merge_memory.py). pyarrow is imported here, not at module
+    level: a reduce merge job never needs it (0.1 s of start-up per job).
     """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     schema = _first_schema(inputs)
     rows = 0
     with pq.ParquetWriter(output, schema, compression="zstd") as writer:
@@ -75,6 +80,8 @@ def concat_stream(inputs: list[str], output: str | os.PathLike[str]) -> int:
 
 def _first_schema(inputs: list[str]) -> pa.Schema:
     """The schema of the first child with rows (of the first child if none has rows)."""
+    import pyarrow.parquet as pq
+
     for path in inputs:
         metadata = pq.read_metadata(path)
         if metadata.num_rows > 0:
@@ -83,6 +90,8 @@ def _first_schema(inputs: list[str]) -> pa.Schema:
 
 
 def _conform(table: pa.Table, schema: pa.Schema, path: str) -> pa.Table:
+    import pyarrow as pa
+
     if table.schema.equals(schema):
         return table
     if set(table.schema.names) != set(schema.names):

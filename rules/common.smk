@@ -126,7 +126,6 @@ def get_manifest_inputs(wildcards):
         "plan": LAYOUT.plan,
         "results": [PRESENT.result(b) for b in plan.batch_ids],
         "batch_records": [LAYOUT.result_record(b) for b in plan.batch_ids],
-        "dead_letters": [PRESENT.dead_letter(b) for b in plan.batch_ids],
         "merge_parts": [PRESENT.merge_part(l, i) for l, i in nodes],
         "merge_records": [LAYOUT.merge_record(l, i) for l, i in nodes],
         "final": PRESENT.final,

@@ -5,10 +5,10 @@ provider forget what it knew about a finished job's outputs (see orchestrator_ex
 from snakemake.executors.local import Executor as LocalExecutor
 from snakemake.executors.local import common_settings
 
-from orchestrator_ext.executor import DropsStorageCache, PermanentFailureAware
+from orchestrator_ext.executor import DropsStorageCache, EndsPromptly, PermanentFailureAware
 
 __all__ = ["Executor", "common_settings"]
 
 
-class Executor(DropsStorageCache, PermanentFailureAware, LocalExecutor):
+class Executor(EndsPromptly, DropsStorageCache, PermanentFailureAware, LocalExecutor):
     """Local executor with category-aware resubmission and S3 storage-cache upkeep."""

@@ -10,6 +10,7 @@ from snakemake_executor_plugin_slurm import ExecutorSettings, common_settings
 
 from orchestrator_ext.executor import (
     DropsStorageCache,
+    EndsPromptly,
     PermanentFailureAware,
     normalize_slurm_states,
 )
@@ -20,5 +21,5 @@ __all__ = ["Executor", "ExecutorSettings", "common_settings"]
 normalize_slurm_states(snakemake_executor_plugin_slurm)
 
 
-class Executor(DropsStorageCache, PermanentFailureAware, SlurmExecutor):
+class Executor(EndsPromptly, DropsStorageCache, PermanentFailureAware, SlurmExecutor):
     """Slurm executor with category-aware resubmission and S3 storage-cache upkeep."""

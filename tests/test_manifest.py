@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,9 @@ class TestBuildManifest:
         assert [b["items_dead_lettered"] for b in manifest["batches"]] == [1, 2, 0]
         assert manifest["batches"][1]["sha256"] == sha256_file(layout.result(1))
         assert manifest["batches"][1]["dead_letter"]["sha256"] == sha256_file(layout.dead_letter(1))
+        # Batch 2 dead-lettered nothing: no file, none listed.
+        assert manifest["batches"][2]["dead_letter"] is None
+        assert not os.path.exists(layout.dead_letter(2))
         assert [(m["level"], m["index"]) for m in manifest["merges"]] == [(1, 0), (1, 1)]
         assert manifest["merges"][0]["children"] == [layout.result(0), layout.result(1)]
         assert manifest["merges"][1]["children"] == [layout.result(2)]
@@ -161,8 +165,7 @@ class TestListedFiles:
             "batch 00000 dead letters",
             "batch 00001 result",
             "batch 00001 dead letters",
-            "batch 00002 result",
-            "batch 00002 dead letters",
+            "batch 00002 result",  # it dead-lettered nothing: no file
             "merge L1 part 0",
             "merge L1 part 1",
             "final result",
@@ -182,12 +185,12 @@ class TestVerifyManifest:
 
     def test_changed_file(self, run) -> None:
         layout = RunLayout(run[0].run_dir)
-        Path(layout.dead_letter(2)).write_bytes(b"changed")
+        Path(layout.dead_letter(1)).write_bytes(b"changed")
         Path(layout.final).write_bytes(Path(layout.final).read_bytes() + b"x")
         problems = verify_manifest(layout.manifest)
         assert len(problems) == 2
         assert problems[0].startswith(
-            f"checksum mismatch: {layout.dead_letter(2)} (batch 00002 dead letters)"
+            f"checksum mismatch: {layout.dead_letter(1)} (batch 00001 dead letters)"
         )
         assert problems[1].startswith(f"checksum mismatch: {layout.final} (final result)")
 
@@ -200,7 +203,7 @@ class TestVerifyManifest:
             return uri
 
         assert verify_manifest(layout.manifest, open_local) == []
-        assert len(seen) == 10
+        assert len(seen) == 9  # plan, 3 results, 2 dead-letter files, 2 merges, final
 
     def test_unknown_version(self, run, tmp_path: Path) -> None:
         path = tmp_path / "m.json"

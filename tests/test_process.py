@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+from orchestrator_ext import s3
 from orchestrator_ext.config import RetrySpec, load_config
 from orchestrator_ext.errors import (
     BatchFailed,
@@ -19,11 +21,11 @@ from orchestrator_ext.errors import (
 )
 from orchestrator_ext.job import JobContext
 from orchestrator_ext.process import (
-    DEAD_LETTER_COLUMNS,
     RetryingCall,
     check_tolerance,
     dead_letter_frame,
     process_batch,
+    publish_dead_letters,
     transient_retrying,
 )
 from orchestrator_ext.state import TaskStatus
@@ -97,9 +99,7 @@ class TestProcessBatchBatchMode:
         record, paths = run_batch(12, {"function": jobs.module_ref("double_batch")})
         result = pl.read_parquet(paths["result_file"])
         assert result.get_column("doubled").to_list() == [i * 20 for i in range(12)]
-        dead = pl.read_parquet(paths["dead_letter_file"])
-        assert dead.height == 0
-        assert dead.columns == ["id", *DEAD_LETTER_COLUMNS]
+        assert not paths["dead_letter_file"].exists(), "no dead letters, no file"
         assert read_json(paths["record_file"]) == record
         assert record["items"] == 12
         assert record["items_processed"] == 12
@@ -108,7 +108,7 @@ class TestProcessBatchBatchMode:
         assert record["attempts"] == 1
         assert record["sha256"] == sha256_file(paths["result_file"])
         assert record["bytes"] == paths["result_file"].stat().st_size
-        assert record["dead_letter"]["sha256"] == sha256_file(paths["dead_letter_file"])
+        assert record["dead_letter"] is None
         state = store.get("batch-00000")
         assert state.status is TaskStatus.SUCCEEDED
         assert state.output_sha256 == record["sha256"]
@@ -252,7 +252,23 @@ class TestProcessBatchItemMode:
             },
         ]
         assert (record["items_processed"], record["items_dead_lettered"]) == (8, 2)
+        assert record["dead_letter"] == {
+            "uri": str(paths["dead_letter_file"]),
+            "sha256": sha256_file(paths["dead_letter_file"]),
+            "bytes": paths["dead_letter_file"].stat().st_size,
+        }
         assert store.get("batch-00000").status is TaskStatus.SUCCEEDED
+
+    def test_rerun_without_dead_letters_removes_the_earlier_file(self, run_batch) -> None:
+        # The folder must agree with the record: a later attempt that dead-letters nothing
+        # leaves no file from the earlier one behind for `orchestrator errors` or redrive.
+        job = {"function": jobs.module_ref("double_item"), "mode": "item"}
+        _, paths = run_batch(10, {**job, "params": {"bad_ids": [2]}},
+                             tolerance={"max_dead_letter_fraction": 0.25})  # fmt: skip
+        assert paths["dead_letter_file"].exists()
+        record, paths = run_batch(10, {**job, "params": {"bad_ids": []}})
+        assert record["attempts"] == 2 and record["dead_letter"] is None
+        assert not paths["dead_letter_file"].exists()
 
     def test_tolerance_exceeded(self, run_batch, store) -> None:
         with pytest.raises(BatchFailed, match="first: id 2: PermanentError: item 2 is bad"):
@@ -326,6 +342,40 @@ class TestCheckTolerance:
     def test_zero_tolerance_refuses_one(self) -> None:
         with pytest.raises(BatchFailed, match="1 of 1000 items failed"):
             check_tolerance("00002", 1000, self._dead(1), 0.0)
+
+
+class TestPublishDeadLetters:
+    """``publish_dead_letters`` with an ``s3://`` URI, against the moto server over HTTP."""
+
+    @pytest.fixture
+    def bucket(self, aws_env: str) -> str:
+        name = f"dead-letters-{uuid.uuid4().hex[:10]}"
+        s3.make_s3_client().create_bucket(Bucket=name)
+        return name
+
+    def _dead(self) -> pl.DataFrame:
+        rows = [{"id": 7, "category": "permanent", "error_type": "E", "message": "m",
+                 "attempt": 1}]  # fmt: skip
+        return pl.DataFrame(rows, schema=dead_letter_frame([], pl.Int64).schema)
+
+    def test_uploaded_encrypted_after_the_block(self, bucket: str) -> None:
+        uri = f"s3://{bucket}/run/dead_letter/batch-00001.parquet"
+        client = s3.make_s3_client()
+        with publish_dead_letters(self._dead(), uri) as facts:
+            assert facts is not None and facts["uri"] == uri
+            assert client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+        head = client.head_object(Bucket=bucket, Key="run/dead_letter/batch-00001.parquet")
+        assert head["ServerSideEncryption"] == "AES256"
+        assert head["ContentLength"] == facts["bytes"]
+        assert s3.sha256_object(client, uri) == facts["sha256"]
+
+    def test_nothing_uploaded_when_the_block_fails_or_nothing_is_dead(self, bucket) -> None:
+        uri = f"s3://{bucket}/run/dead_letter/batch-00002.parquet"
+        with pytest.raises(StateConflict), publish_dead_letters(self._dead(), uri):
+            raise StateConflict("lost the race")
+        with publish_dead_letters(dead_letter_frame([], pl.Int64), uri) as facts:
+            assert facts is None
+        assert s3.make_s3_client().list_objects_v2(Bucket=bucket).get("KeyCount") == 0
 
 
 class TestDeadLetterFrame:

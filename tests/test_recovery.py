@@ -91,7 +91,7 @@ class Batch:
         run = self.root / "out" / run_id
         return {
             "result_file": str(run / "results" / "batch-00000.parquet"),
-            "dead_letter_file": str(run / "dead_letter" / "batch-00000.parquet"),
+            "dead_letter_uri": str(run / "dead_letter" / "batch-00000.parquet"),
             "record_file": str(run / "results" / "batch-00000.json"),
         }
 
@@ -166,7 +166,7 @@ class TestCheckpointsInProcess:
         )
         assert record["sha256"] == plain["sha256"]
         assert record["checkpoint"]["chunks"] == 4
-        dead = pl.read_parquet(batch.paths()["dead_letter_file"])
+        dead = pl.read_parquet(batch.paths()["dead_letter_uri"])
         assert dead["id"].to_list() == [7, 61, 62]
 
     def test_time_based_chunks(self, tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ class TestCollect:
         assert values["manifest_items_in"] == N_ITEMS
         assert values["manifest_items_dead_lettered"] == len(BAD_IDS)
         assert data.dead_by_category == {"permanent": 3}
-        assert data.dead_source == "8 dead-letter files"
+        assert data.dead_source == "2 dead-letter files"  # batches 0 and 3
         assert data.notes == []
 
     def test_missing_store_and_manifest_are_notes(self, tmp_path, make_config) -> None:

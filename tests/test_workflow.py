@@ -142,9 +142,9 @@ class TestRecovery:
         configfile = _prepare(tmp_path, config)
         run_snakemake(tmp_path, configfile)
         layout = _layout(config)
-        Path(layout.dead_letter(0)).write_bytes(b"not parquet")
+        Path(layout.result(0)).write_bytes(b"not parquet")
         problems = verify_manifest(layout.manifest)
-        assert len(problems) == 1 and "dead_letter/batch-00000.parquet" in problems[0]
+        assert len(problems) == 1 and "results/batch-00000.parquet" in problems[0]
 
 
 class TestDeterminism:

@@ -36,6 +36,8 @@ pytestmark = pytest.mark.workflow
 
 N_ITEMS = 600
 N_PARTS = 3
+# Items that fail permanently (injected faults), dead-lettered by batch 2 of 6.
+BAD_IDS = [250]
 
 
 @dataclass
@@ -92,6 +94,8 @@ def s3_run(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
             output_root=f"s3://{bucket}/run-prefix",
             input={"uri": f"s3://{bucket}/input/*.parquet", "format": "parquet"},
             state={"backend": "dynamodb", "table": table},
+            faults={"enabled": True, "permanent_ids": BAD_IDS},
+            tolerance={"max_dead_letter_fraction": 0.05},
         )
         configfile = write_config(workdir / "s3.yaml", config)
         first = run_snakemake(workdir, configfile)
@@ -130,7 +134,7 @@ class TestS3Run:
         prefix = "run-prefix/s3run/"
         for rel in (
             "batches/plan.json", "batches/batch-00005.parquet", "results/batch-00005.parquet",
-            "results/batch-00005.json", "dead_letter/batch-00005.parquet",
+            "results/batch-00005.json", "dead_letter/batch-00002.parquet",
             "merge/L1/part-00001.parquet", "merge/L1/part-00001.json",
             "final/result.parquet", "final/result.json", "manifest.json",
         ):  # fmt: skip
@@ -144,17 +148,36 @@ class TestS3Run:
         manifest = s3_run.manifest()
         run_prefix = f"s3://{s3_run.bucket}/run-prefix/s3run/"
         files = listed_files(manifest)
-        assert len(files) == 1 + 6 * 2 + 2 + 1
+        # Plan, 6 results, the one dead-letter file (batch 2), 2 merge parts, final.
+        assert len(files) == 1 + 6 + 1 + 2 + 1
         assert all(uri.startswith(run_prefix) for _, uri, _ in files), files
         assert manifest["plan"]["uri"] == run_prefix + "batches/plan.json"
         assert all(c.startswith(run_prefix) for m in manifest["merges"] for c in m["children"])
         assert [f["path"] for f in manifest["input"]["files"]] == [
             f"s3://{s3_run.bucket}/input/part-{i}.parquet" for i in range(N_PARTS)
         ]
-        assert manifest["items_in"] == N_ITEMS == manifest["items_processed"]
+        assert manifest["items_in"] == N_ITEMS == manifest["items_processed"] + len(BAD_IDS)
         record = json.loads(s3_run.read(s3_run.layout.result_record(3)))
         assert record["uri"] == s3_run.layout.result(3)
-        assert record["dead_letter"]["uri"] == s3_run.layout.dead_letter(3)
+        assert record["dead_letter"] is None, "batch 3 dead-lettered nothing"
+
+    def test_dead_letters_are_uploaded_by_the_job_only_where_there_are_some(
+        self, s3_run: S3Run
+    ) -> None:
+        keys = [o.key for o in s3.list_objects(s3_run.client, s3_run.bucket, "run-prefix/")]
+        assert [k for k in keys if "/dead_letter/" in k] == [
+            "run-prefix/s3run/dead_letter/batch-00002.parquet"
+        ]
+        record = json.loads(s3_run.read(s3_run.layout.result_record(2)))
+        uri = s3_run.layout.dead_letter(2)
+        assert record["dead_letter"]["uri"] == uri
+        assert record["dead_letter"]["sha256"] == s3.sha256_object(s3_run.client, uri)
+        head = s3_run.client.head_object(
+            Bucket=s3_run.bucket, Key="run-prefix/s3run/dead_letter/batch-00002.parquet"
+        )
+        assert head["ServerSideEncryption"] == "AES256"
+        dead = pl.read_parquet(io.BytesIO(s3_run.read(uri)))
+        assert dead["id"].to_list() == BAD_IDS and set(dead["category"]) == {"permanent"}
 
     def test_task_state_is_in_dynamodb(self, s3_run: S3Run) -> None:
         store = DynamoStateStore.from_config(load_config(s3_run.config))
