@@ -153,8 +153,10 @@ def cancel_scheduler_wakeups() -> int:
     cancelled = 0
     for thread in threading.enumerate():
         function = getattr(thread, "function", None)
-        if isinstance(thread, threading.Timer) and "_schedule_reevalutation" in getattr(
-            function, "__qualname__", ""
+        if (
+            isinstance(thread, threading.Timer)
+            and "_schedule_reevalutation" in getattr(function, "__qualname__", "")
+            and not thread.finished.is_set()  # not fired or cancelled already
         ):
             thread.cancel()
             cancelled += 1
