@@ -69,6 +69,10 @@ def write_children(work: Path, n_rows: int, n_children: int) -> list[tuple[str, 
 
 def run_node(mode: str, work: Path, children: list[tuple[str, str]]) -> None:
     """The measured process (``--node MODE``)."""
+    # pyarrow too: a concat merge imports it when it starts (not when the module loads), and
+    # the baseline should hold everything but the merge's data.
+    import pyarrow.parquet  # noqa: F401
+
     from orchestrator_ext.config import load_config
     from orchestrator_ext.merge import merge_node
     from orchestrator_ext.state.sqlite import SqliteStateStore
