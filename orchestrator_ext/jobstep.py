@@ -31,19 +31,24 @@ def setup_logging(log_path: str | None) -> None:
 
 
 def run_step(
-    log_path: str | None, fn: Callable[..., Any], raw_config: dict[str, Any], **kwargs: Any
+    log_path: str | None,
+    fn: Callable[..., Any],
+    raw_config: dict[str, Any],
+    validated: bool = False,
+    **kwargs: Any,
 ) -> Any:
     """Run ``fn(config, store, **kwargs)`` as a job body.
 
-    Validates the config, opens the run's state store, and on the package's own errors
-    prints one line and exits non-zero instead of showing a traceback.
+    Validates the config (unless ``validated``: it is ``RunConfig.raw`` of a config the
+    caller validated), opens the run's state store, and on the package's own errors prints
+    one line and exits non-zero instead of showing a traceback.
     """
-    from orchestrator_ext.config import load_config
+    from orchestrator_ext.config import load_config, run_config_from
     from orchestrator_ext.state import open_state_store
 
     setup_logging(log_path)
     try:
-        config = load_config(raw_config)
+        config = run_config_from(raw_config) if validated else load_config(raw_config)
         rules = config.error_rules
         configure_error_rules(rules.transient, rules.resource, rules.permanent)
         store = open_state_store(config)
@@ -63,7 +68,9 @@ def process_batch_main(argv: list[str] | None = None) -> None:
     The rule runs the most numerous job of a run, so it uses ``shell:`` rather than
     ``script:``: Snakemake plans a ``script:`` job noticeably slower (it reads and caches the
     script for every job) and starts it through a generated wrapper; a command line costs
-    neither. Config arrives as JSON; the record's URIs and where dead letters go (the run
+    neither. Config arrives as JSON, validated with defaults filled in (``RunConfig.raw``:
+    the Snakefile validated it, in the job's own Snakemake process too on a cluster, so the
+    job does not again); the record's URIs and where dead letters go (the run
     folder or S3; not a Snakemake output) follow from it.
     """
     import argparse
@@ -83,6 +90,7 @@ def process_batch_main(argv: list[str] | None = None) -> None:
         args.log,
         process_batch,
         raw_config,
+        validated=True,  # the rule passes RunConfig.raw, validated when the Snakefile loaded
         batch=args.batch,
         batch_file=args.batch_file,
         batch_sha256=None,

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 
-from orchestrator_ext.config import RunConfig
+from orchestrator_ext.config import RunConfig, read_schema
 from orchestrator_ext.errors import MissingOutput, OrchestratorError
 from orchestrator_ext.job import code_version
 from orchestrator_ext.layout import TASK_MANIFEST
@@ -43,7 +42,7 @@ class ManifestInvalid(OrchestratorError):
 
 def manifest_schema() -> dict[str, Any]:
     """The manifest's JSON schema."""
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    return read_schema(SCHEMA_PATH)
 
 
 def build_manifest(

@@ -72,16 +72,23 @@ def retry_transient(call: Any, patience_s: float = 300) -> Any:
 
 def load_run_config(raw: dict) -> RunConfig:  # type: ignore[type-arg]
     """``load_config`` for the Snakefile: a bad config stops Snakemake with one line naming
-    the key, instead of Snakemake's report of where in the Snakefile the error was raised."""
+    the key, instead of Snakemake's report of where in the Snakefile the error was raised.
+
+    Like ``snakemake.utils.validate``, it fills the defaults into ``raw`` (Snakemake's
+    ``config``) in place, so every job's ``snakemake.config`` is the validated config and
+    the job's ``run_step(..., validated=True)`` need not check it again.
+    """
     import sys
 
     from orchestrator_ext.errors import ConfigError
 
     try:
-        return load_config(raw)
+        run = load_config(raw)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    raw.update(run.raw)
+    return run
 
 
 def acquire_coordinator(run_id: str) -> None:
