@@ -14,6 +14,8 @@ from orchestrator_ext.config import (
     load_config,
     load_config_file,
     read_config_file,
+    read_schema,
+    run_config_from,
     validate_config,
 )
 from orchestrator_ext.errors import ConfigError, OrchestratorError
@@ -154,6 +156,34 @@ class TestValidateConfig:
         assert data is not raw
         assert data["retry"] == {"max_attempts": 5, "initial_delay_s": 0.5, "max_delay_s": 20}
         assert "retry" not in raw
+
+
+class TestRunConfigFrom:
+    """Job processes build their RunConfig from the coordinator's validated config."""
+
+    def test_same_config_as_load_config(self) -> None:
+        loaded = load_config(copy.deepcopy(MINIMAL))
+        again = run_config_from(copy.deepcopy(loaded.raw))
+        assert again == loaded and again.sha256 == loaded.sha256
+
+    def test_does_not_validate_again(self) -> None:
+        data = validate_config(copy.deepcopy(MINIMAL))
+        data["merge"]["fan_in"] = 1  # the schema's minimum is 2: load_config would refuse
+        assert run_config_from(data).merge.fan_in == 1
+        with pytest.raises(ConfigError, match="merge/fan_in"):
+            load_config(data)
+
+    def test_load_run_config_fills_snakemakes_config_in_place(self) -> None:
+        from orchestrator_ext.workflow import load_run_config
+
+        config = copy.deepcopy(MINIMAL)  # the Snakefile's ``config``
+        run = load_run_config(config)
+        assert config == run.raw and config["retry"]["max_attempts"] == 5
+        assert run_config_from(config) == run
+
+    def test_schema_parsed_as_pyyaml_would(self) -> None:
+        path = Path(__file__).parents[1] / "orchestrator_ext" / "schemas" / "config.schema.yaml"
+        assert read_schema(path) == yaml.safe_load(path.read_text())
 
 
 class TestReadConfigFile:
