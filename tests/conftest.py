@@ -57,11 +57,11 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
     return path
 
 
-def run_snakemake(
-    workdir: Path, configfile: Path, *extra: str, check: bool = True, timeout: float = 600
-) -> subprocess.CompletedProcess[str]:
-    """Run the project's workflow with the local profile on ``configfile``."""
-    cmd = [
+def snakemake_command(workdir: Path, configfile: Path, *extra: str) -> list[str]:
+    """The command that runs the project's workflow with the local profile on
+    ``configfile`` (``run_snakemake`` runs it; tests that disturb a run start it
+    themselves)."""
+    return [
         SNAKEMAKE,
         "--snakefile", str(REPO / "workflow" / "Snakefile"),
         "--directory", str(workdir),
@@ -70,6 +70,13 @@ def run_snakemake(
         "--cores", "2",
         *extra,
     ]  # fmt: skip
+
+
+def run_snakemake(
+    workdir: Path, configfile: Path, *extra: str, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run the project's workflow with the local profile on ``configfile``."""
+    cmd = snakemake_command(workdir, configfile, *extra)
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir)
     if check and result.returncode != 0:
         raise AssertionError(

@@ -20,3 +20,14 @@ def slow_double(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     if delay > 0:
         time.sleep(delay)
     return {"id": item["id"], "doubled": item["value"] * 2}
+
+
+def slow_double_job(sleep_s: float = 0) -> dict[str, Any]:
+    """The ``job:`` config of ``slow_double`` (item mode, concat, no combine)."""
+    return {
+        "function": "slow_jobs:slow_double",
+        "mode": "item",
+        "combine": None,
+        "finalize": None,
+        "params": {"sleep_s": sleep_s},
+    }

@@ -23,7 +23,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from conftest import REPO, SNAKEMAKE, base_config, run_snakemake, write_config
+from conftest import base_config, run_snakemake, snakemake_command, write_config
 
 from orchestrator_ext.checkpoint import checkpoint_dir
 from orchestrator_ext.config import load_config
@@ -407,17 +407,6 @@ def undisturbed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
-def _snakemake_cmd(workdir: Path, configfile: Path) -> list[str]:
-    return [
-        SNAKEMAKE,
-        "--snakefile", str(REPO / "workflow" / "Snakefile"),
-        "--directory", str(workdir),
-        "--profile", str(REPO / "profiles" / "local"),
-        "--configfile", str(configfile),
-        "--cores", "2",
-    ]  # fmt: skip
-
-
 KILL_POINTS = {
     # name: files (globs under the run folder) whose appearance triggers the kill
     "after-partition": "batches/plan.json",
@@ -445,7 +434,7 @@ class TestCoordinatorKill:
         log = open(tmp_path / "killed-run.log", "w")  # noqa: SIM115 - held by the child
         started = time.monotonic()
         coordinator = subprocess.Popen(
-            _snakemake_cmd(tmp_path, configfile), cwd=tmp_path, stdout=log,
+            snakemake_command(tmp_path, configfile), cwd=tmp_path, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         try:

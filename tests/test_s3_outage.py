@@ -42,13 +42,13 @@ import pytest
 from botocore.exceptions import ClientError
 from conftest import (
     ORCHESTRATOR,
-    REPO,
-    SNAKEMAKE,
     base_config,
     run_snakemake,
     set_storage_env,
+    snakemake_command,
     write_config,
 )
+from slow_jobs import slow_double_job
 
 from orchestrator_ext import s3
 from orchestrator_ext.config import FaultSpec
@@ -185,28 +185,10 @@ def _config(root: Path, **overrides: Any) -> dict[str, Any]:
     return base_config(
         root,
         batching={"max_items": BATCH_SIZE},
-        job={
-            "function": "slow_jobs:slow_double",
-            "mode": "item",
-            "combine": None,
-            "finalize": None,
-            "params": {"sleep_s": SLEEP_S},
-        },
+        job=slow_double_job(SLEEP_S),
         merge={"fan_in": 3, "mode": "concat"},
         **overrides,
     )
-
-
-def _snakemake_cmd(workdir: Path, configfile: Path) -> list[str]:
-    """What ``conftest.run_snakemake`` runs, for a run the test disturbs while it runs."""
-    return [
-        SNAKEMAKE,
-        "--snakefile", str(REPO / "workflow" / "Snakefile"),
-        "--directory", str(workdir),
-        "--profile", str(REPO / "profiles" / "local"),
-        "--configfile", str(configfile),
-        "--cores", "2",
-    ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +244,7 @@ class TestS3Outage:
         started = time.monotonic()
         with open(log_path, "w") as log:
             run = subprocess.Popen(
-                _snakemake_cmd(tmp_path, configfile), cwd=tmp_path, stdout=log,
+                snakemake_command(tmp_path, configfile), cwd=tmp_path, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
             try:

@@ -23,6 +23,7 @@ from typing import Any
 import polars as pl
 import pytest
 from conftest import REPO, SNAKEMAKE, base_config, run_snakemake, write_config
+from slow_jobs import slow_double_job
 from test_slurm import TEST_PROFILE, run_on_slurm, slurm_cluster  # noqa: F401 - a fixture
 
 from orchestrator_ext.executor import normalize_slurm_states, slurm_state
@@ -51,13 +52,7 @@ def _config(root: Path, run_id: str, sleep_s: float = 0, **overrides: Any) -> di
         root,
         run_id=run_id,
         batching={"max_items": BATCH_SIZE},
-        job={
-            "function": "slow_jobs:slow_double",
-            "mode": "item",
-            "combine": None,
-            "finalize": None,
-            "params": {"sleep_s": sleep_s},
-        },
+        job=slow_double_job(sleep_s),
         merge={"fan_in": 2, "mode": "concat"},
         resources=RESOURCES,
         **overrides,
