@@ -50,7 +50,6 @@ from orchestrator_ext.errors import BatchFailed, Category, StateConflict, classi
 from orchestrator_ext.faults import FaultInjector, injector_for
 from orchestrator_ext.job import JobContext, job_context, load_callable
 from orchestrator_ext.layout import task_id_for_batch
-from orchestrator_ext.s3 import is_s3_uri
 from orchestrator_ext.state import Attempt, StateStore, current_host
 from orchestrator_ext.storage import (
     atomic_path,
@@ -249,10 +248,10 @@ def publish_dead_letters(dead: pl.DataFrame, uri: str) -> Iterator[dict[str, Any
     """
     if dead.is_empty():
         yield None
-        if not is_s3_uri(uri):
+        if not s3.is_s3_uri(uri):
             Path(uri).unlink(missing_ok=True)
         return
-    if is_s3_uri(uri):
+    if s3.is_s3_uri(uri):
         with tempfile.TemporaryDirectory(prefix="dead-letter-") as folder:
             tmp = Path(folder) / "dead_letter.parquet"
             dead.write_parquet(tmp, compression="zstd", statistics=True)
