@@ -193,8 +193,9 @@ def run_and_report(
 ) -> int:
     """The shared tail of a benchmark's ``main``: ``measure(args, workdir)`` in
     ``args.workdir`` (or a temporary folder, removed afterwards), then the raw figures to
-    bench/results/<name>.json and ``render(results, facts, args)`` to stdout and, unless
-    ``args.no_docs``, to the benchmark's section of docs/benchmarks.md."""
+    ``render(results, facts, args)`` to stdout and, unless ``args.no_docs``, the raw figures
+    to bench/results/<name>.json and the text to the benchmark's section of
+    docs/benchmarks.md."""
     facts = machine_facts()
     work = args.workdir or Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -206,9 +207,9 @@ def run_and_report(
             shutil.rmtree(work, ignore_errors=True)
     results["facts"] = facts
     results["elapsed_s"] = time.perf_counter() - started
-    save_results(name, results)
     text = render(results, facts, args)
     print(text)
-    if not args.no_docs:
+    if not args.no_docs:  # a quick look replaces neither the figures nor the plot's data
+        save_results(name, results)
         write_section(name, text)
     return 0

@@ -521,10 +521,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     section = render(results, facts, args, how)
     print(section)
-    save_results("plan", {"facts": facts, "results": results})
     if args.json:
         args.json.write_text(json.dumps({"machine": facts, "results": results}, indent=2) + "\n")
     if not args.no_docs:
+        save_results("plan", {"facts": facts, "results": results})
         write_section("plan", section)
     return 0
 

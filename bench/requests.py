@@ -791,21 +791,21 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(result)
     section = render(args, result, summary, sample, facts)
     print(section)
-    path = common.save_results(
-        NAME,
-        {
-            "machine": facts,
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "wall_s": sample.wall_s,
-            "targets": {"ddb_writes": TARGET_DDB_WRITES, "s3_requests": TARGET_S3_REQUESTS},
-            "summary": summary,
-            **result,
-        },
-    )
-    print(f"wrote {path.relative_to(common.REPO)}")
     if args.keep:
         print(f"kept {workdir} (requests.jsonl), bucket and table {bucket}")
     if not args.no_docs:
+        path = common.save_results(
+            NAME,
+            {
+                "machine": facts,
+                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                "wall_s": sample.wall_s,
+                "targets": {"ddb_writes": TARGET_DDB_WRITES, "s3_requests": TARGET_S3_REQUESTS},
+                "summary": summary,
+                **result,
+            },
+        )
+        print(f"wrote {path.relative_to(common.REPO)}")
         common.write_section(NAME, section)
         print(f"wrote {common.DOCS.relative_to(common.REPO)}")
     return 0

@@ -999,9 +999,9 @@ def main(argv: list[str] | None = None) -> int:
     results["diagnosis"] = diagnose(results)
     section = render(results, facts, args)
     print(section)
-    path = common.save_results("slurm", results)
-    print(f"wrote {path.relative_to(REPO)}")
     if not args.no_docs:
+        path = common.save_results("slurm", results)
+        print(f"wrote {path.relative_to(REPO)}")
         common.write_section("slurm", section)
         print(f"wrote {common.DOCS.relative_to(REPO)}")
     return 0
