@@ -31,24 +31,21 @@ def setup_logging(log_path: str | None) -> None:
 
 
 def run_step(
-    log_path: str | None,
-    fn: Callable[..., Any],
-    raw_config: dict[str, Any],
-    validated: bool = False,
-    **kwargs: Any,
+    log_path: str | None, fn: Callable[..., Any], raw_config: dict[str, Any], **kwargs: Any
 ) -> Any:
     """Run ``fn(config, store, **kwargs)`` as a job body.
 
-    Validates the config (unless ``validated``: it is ``RunConfig.raw`` of a config the
-    caller validated), opens the run's state store, and on the package's own errors prints
-    one line and exits non-zero instead of showing a traceback.
+    ``raw_config`` is the config the Snakefile validated and filled with defaults
+    (``load_run_config``; ``RunConfig.raw``), so it is not checked again here. Opens the
+    run's state store, and on the package's own errors prints one line and exits non-zero
+    instead of showing a traceback.
     """
-    from orchestrator_ext.config import load_config, run_config_from
+    from orchestrator_ext.config import run_config_from
     from orchestrator_ext.state import open_state_store
 
     setup_logging(log_path)
     try:
-        config = run_config_from(raw_config) if validated else load_config(raw_config)
+        config = run_config_from(raw_config)
         rules = config.error_rules
         configure_error_rules(rules.transient, rules.resource, rules.permanent)
         store = open_state_store(config)
@@ -90,7 +87,6 @@ def process_batch_main(argv: list[str] | None = None) -> None:
         args.log,
         process_batch,
         raw_config,
-        validated=True,  # the rule passes RunConfig.raw, validated when the Snakefile loaded
         batch=args.batch,
         batch_file=args.batch_file,
         batch_sha256=None,

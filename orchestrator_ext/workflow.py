@@ -76,7 +76,7 @@ def load_run_config(raw: dict) -> RunConfig:  # type: ignore[type-arg]
 
     Like ``snakemake.utils.validate``, it fills the defaults into ``raw`` (Snakemake's
     ``config``) in place, so every job's ``snakemake.config`` is the validated config and
-    the job's ``run_step(..., validated=True)`` need not check it again.
+    the job's ``run_step`` need not check it again.
     """
     import sys
 

@@ -13,7 +13,6 @@ run_step(
     sm.log[0],
     merge_node,
     sm.config,
-    validated=True,  # the Snakefile filled and checked it (load_run_config)
     task_id=TASK_FINAL if is_root else task_id_for_merge(int(sm.params.level), index),
     level=level,
     index=index,

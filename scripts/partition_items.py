@@ -7,6 +7,5 @@ run_step(
     snakemake.log[0],  # noqa: F821 - injected by Snakemake
     partition_items,
     snakemake.config,  # noqa: F821
-    validated=True,  # the Snakefile filled and checked it (load_run_config)
     batches_dir=snakemake.output.batches,  # noqa: F821
 )

@@ -8,7 +8,6 @@ run_step(
     sm.log[0],
     write_run_manifest,
     sm.config,
-    validated=True,  # the Snakefile filled and checked it (load_run_config)
     plan_file=sm.input.plan,
     batch_records=list(sm.input.batch_records),
     merge_records=list(sm.input.merge_records),
