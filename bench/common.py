@@ -185,6 +185,25 @@ def venv_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def aws_env(endpoint: str, **extra: str) -> dict[str, str]:
+    """The environment of a cluster user with AWS on the local endpoint: what
+    tests/conftest.py ``set_storage_env`` sets (DynamoDB through boto3's
+    ``AWS_ENDPOINT_URL_DYNAMODB``, S3 through the storage plugin's variables), fake keys."""
+    env = venv_env(**extra)
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
+        env.pop(name, None)
+    env.update(
+        AWS_ENDPOINT_URL_DYNAMODB=endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        SNAKEMAKE_STORAGE_S3_ENDPOINT_URL=endpoint,
+        SNAKEMAKE_STORAGE_S3_ACCESS_KEY="testing",
+        SNAKEMAKE_STORAGE_S3_SECRET_KEY="testing",
+    )
+    return env
+
+
 def run_and_report(
     name: str,
     args: Any,

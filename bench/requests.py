@@ -250,23 +250,6 @@ def endpoint_up(endpoint: str) -> bool:
         return False
 
 
-def aws_env(endpoint: str, **extra: str) -> dict[str, str]:
-    """The environment of a cluster user (tests/conftest.py ``set_storage_env``)."""
-    env = common.venv_env(**extra)
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
-        env.pop(name, None)
-    env.update(
-        AWS_ENDPOINT_URL_DYNAMODB=endpoint,
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-        SNAKEMAKE_STORAGE_S3_ENDPOINT_URL=endpoint,
-        SNAKEMAKE_STORAGE_S3_ACCESS_KEY="testing",
-        SNAKEMAKE_STORAGE_S3_SECRET_KEY="testing",
-    )
-    return env
-
-
 def clients(endpoint: str) -> tuple[Any, Any]:
     import boto3
 
@@ -329,7 +312,7 @@ def prepare(workdir: Path, args: argparse.Namespace, s3: Any) -> tuple[Path, str
     init = subprocess.run(
         [str(common.BIN / "orchestrator"), "init", "--configfile", str(configfile)],
         cwd=workdir,
-        env=aws_env(args.endpoint),
+        env=common.aws_env(args.endpoint),
         capture_output=True,
         text=True,
     )
@@ -361,7 +344,7 @@ def run(workdir: Path, configfile: Path, endpoint: str) -> tuple[list[dict[str, 
     (hook_dir / "sitecustomize.py").write_text(HOOK)
     log = workdir / "requests.jsonl"
     pythonpath = os.pathsep.join(p for p in (str(hook_dir), os.environ.get("PYTHONPATH")) if p)
-    env = aws_env(endpoint, PYTHONPATH=pythonpath, **{LOG_ENV: str(log)})
+    env = common.aws_env(endpoint, PYTHONPATH=pythonpath, **{LOG_ENV: str(log)})
     cmd = [
         common.SNAKEMAKE,
         "--snakefile", str(SNAKEFILE),

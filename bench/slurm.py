@@ -917,14 +917,7 @@ def main(argv: list[str] | None = None) -> int:
 
     env = common.venv_env()
     if args.state == "dynamodb":
-        for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
-            env.pop(name, None)
-        env.update(
-            AWS_ENDPOINT_URL_DYNAMODB=MOTO,
-            AWS_ACCESS_KEY_ID="testing",
-            AWS_SECRET_ACCESS_KEY="testing",
-            AWS_DEFAULT_REGION="us-east-1",
-        )
+        env = common.aws_env(MOTO)
         os.environ.update({k: env[k] for k in env if k.startswith("AWS_")})
         for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
             os.environ.pop(name, None)
