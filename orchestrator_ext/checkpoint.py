@@ -39,8 +39,9 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from orchestrator_ext.errors import CorruptFile, MissingOutput
 from orchestrator_ext.layout import batch_name
-from orchestrator_ext.storage import atomic_path, write_json
+from orchestrator_ext.storage import atomic_path, read_json, write_json
 
 if TYPE_CHECKING:
     from orchestrator_ext.config import CheckpointSpec, RunConfig
@@ -158,12 +159,12 @@ class ChunkStore:
         """
         self.chunks = []
         try:
-            index = json.loads(self.index_file.read_text())
-        except FileNotFoundError:
+            index = read_json(self.index_file)
+        except MissingOutput:
             if self.folder.exists():
                 self.clear()  # chunk files without an index: nothing can be trusted
             return []
-        except (OSError, ValueError) as exc:
+        except (OSError, CorruptFile) as exc:
             logger.warning(
                 "checkpoint index %s unreadable (%s): starting over", self.index_file, exc
             )

@@ -1,7 +1,9 @@
 """The ``orchestrator`` command: watch and operate a run.
 
-Every subcommand reads the run's config (``--configfile``, default ``config/config.yaml``,
-with ``--config KEY=VALUE`` overrides like Snakemake's) and prints for people by default or
+Every subcommand reads the run's config: from the run's folder (``orchestrator status
+results/my-run``: the ``config.json`` the run wrote), or from ``--configfile`` files with
+``--config KEY=VALUE`` overrides resolved as Snakemake resolves them (default
+``config/config.yaml``, the shipped example) and prints for people by default or
 JSON with ``--json``. The package's own errors print one line and exit 2; nothing here
 prints a traceback for a user error.
 """
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -22,23 +26,59 @@ from orchestrator_ext.errors import OrchestratorError
 
 EXIT_USER_ERROR = 2
 EXIT_VERIFY_FAILED = 1
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    for key in keys[:-1]:
-        data = data.setdefault(key, {})
-    data[keys[-1]] = value
+# Snakemake's --config grammar (snakemake.cli.parse_config), restated because importing
+# snakemake.cli costs 1.5 s; tests/test_cli.py checks both agree on every form.
+_CONFIG_KEY = re.compile(r"[a-zA-Z_][\w-]*\w$")
+
+
+def _parse_value(text: str) -> Any:
+    if text == "":
+        return None
+    for parse in (int, float, _parse_bool, _parse_yaml):
+        try:
+            value = parse(text)
+        except Exception:  # noqa: S112 - each parser is tried in turn, as Snakemake does
+            continue
+        if not callable(value):
+            return value
+    return text
+
+
+def _parse_bool(text: str) -> bool:
+    if text in ("True", "False"):
+        return text == "True"
+    raise ValueError(text)
+
+
+def _parse_yaml(text: str) -> Any:
+    # BaseLoader, as Snakemake: nested scalars stay strings ({n: 5} gives {"n": "5"}).
+    return yaml.load(text, Loader=yaml.BaseLoader)  # noqa: S506 - no object construction
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """``["a.b=1", "run_id=x"]`` -> ``{"a": {"b": 1}, "run_id": "x"}`` (values parsed as YAML)."""
+    """``--config`` entries, parsed exactly as ``snakemake --config`` parses them.
+
+    ``["run_id=x", "batching={max_items: 5}"]`` -> ``{"run_id": "x", "batching":
+    {"max_items": "5"}}``. Keys are top-level names; nested keys are given as a YAML
+    mapping value. Later entries update earlier ones recursively.
+
+    Raises:
+        OrchestratorError: an entry is not ``KEY=VALUE`` or its key is not a name.
+    """
     overrides: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
+        if not sep:
             raise OrchestratorError(f"--config expects KEY=VALUE, got {pair!r}")
-        _set_dotted(overrides, key, yaml.safe_load(value))
+        if not _CONFIG_KEY.match(key):
+            raise OrchestratorError(
+                f"--config {pair!r}: the key must be a name (nested keys go in a YAML value, "
+                "e.g. 'batching={max_items: 500}'), as with snakemake"
+            )
+        _merge(overrides, {key: _parse_value(value.strip("'\""))})
     return overrides
 
 
@@ -51,13 +91,28 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
+EXAMPLE_CONFIG = "config/config.yaml"
+
+
 def load_cli_config(args: argparse.Namespace) -> RunConfig:
-    """The run config named on the command line, with overrides applied."""
-    files = [args.configfile] if isinstance(args.configfile, str) else args.configfile
+    """The run named on the command line, as Snakemake resolves it.
+
+    A run folder (``RUN_DIR``, local or ``s3://``) is read from its ``config.json``, the
+    config its coordinator used. Otherwise the ``--configfile`` files are layered in order
+    and ``--config`` over them; with neither, the shipped example (as for ``snakemake``).
+    """
+    overrides = parse_overrides(args.config or [])
+    if getattr(args, "run", None):
+        if args.configfile:
+            raise OrchestratorError("name the run either by its folder or by --configfile")
+        from orchestrator_ext.config import read_resolved_config
+
+        run = read_resolved_config(args.run)
+        return load_config(_merge(run.raw, overrides)) if overrides else run
     raw: dict[str, Any] = {}
-    for path in files:
+    for path in args.configfile or [EXAMPLE_CONFIG]:
         _merge(raw, read_config_file(path))
-    return load_config(_merge(raw, parse_overrides(args.config or [])))
+    return load_config(_merge(raw, overrides))
 
 
 def _open_store(config: RunConfig):  # type: ignore[no-untyped-def]
@@ -118,6 +173,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plain(value: Any) -> Any:
+    """A Rich ``Text`` of ``value``, shown as is (never read as markup); None is blank."""
+    from rich.text import Text  # here, not at the top: rich is slow to import
+
+    return Text("" if value is None else str(value))
+
+
 def cmd_errors(args: argparse.Namespace) -> int:
     """Failed and dead tasks from the state store, and dead-lettered items."""
     from rich.console import Console
@@ -159,10 +221,13 @@ def cmd_errors(args: argparse.Namespace) -> int:
         for column in ("task", "status", "category", "error", "attempt", "slurm job", "log"):
             table.add_column(column, overflow="fold")
         for f in failures:
-            table.add_row(
+            # Text, not str: a message holding "[/bold]" is data, not Rich markup (which
+            # would raise MarkupError or restyle the table).
+            cells = (
                 f.task_id, f.status, f.category, f"{f.error_type or ''}: {f.message or ''}",
                 str(f.attempt), f.slurm_job_id or "-", f.log or "-",
             )  # fmt: skip
+            table.add_row(*(_plain(cell) for cell in cells))
         console.print(table)
     else:
         console.print("no failed tasks")
@@ -176,8 +241,8 @@ def cmd_errors(args: argparse.Namespace) -> int:
         for column in ("batch", "id", "category", "attempt", "message"):
             table.add_column(column, overflow="fold")
         for item in dead.items:  # the message starts with the error type
-            table.add_row(item.batch_id, str(item.id), item.category, str(item.attempt),
-                          item.message)  # fmt: skip
+            row = (item.batch_id, item.id, item.category, item.attempt, item.message)
+            table.add_row(*(_plain(cell) for cell in row))
         console.print(table)
     else:
         console.print("no dead-lettered items")
@@ -446,21 +511,25 @@ def _add_operation_commands(sub: Any, with_config: Any) -> None:
 
 
 def cmd_manifest_verify(args: argparse.Namespace) -> int:
-    """Re-hash every file the manifest lists."""
+    """Re-hash every file the manifest lists; cross-check it against the state store and
+    recompute item conservation from the plan and the batch records (``verify_run``)."""
     from orchestrator_ext.layout import RunLayout
-    from orchestrator_ext.manifest import verify_manifest_at
+    from orchestrator_ext.manifest import verify_run
 
     config = load_cli_config(args)
     # For a run in S3 this is an s3:// URI: the objects are hashed as they stream from S3.
     manifest_path = RunLayout(config.run_dir).manifest
-    problems = verify_manifest_at(manifest_path)
+    problems = verify_run(config, lambda: _open_store(config))
     if args.json:
         print(json.dumps({"manifest": manifest_path, "ok": not problems, "problems": problems}))
     elif problems:
         for problem in problems:
             print(problem, file=sys.stderr)
     else:
-        print(f"ok: every file listed in {manifest_path} matches its sha256")
+        print(
+            f"ok: every file listed in {manifest_path} matches its sha256 and the state store, "
+            "and the plan's items are conserved"
+        )
     return EXIT_VERIFY_FAILED if problems else 0
 
 
@@ -507,18 +576,16 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_unlock(args: argparse.Namespace) -> int:
-    """Break the run's coordinator lease (after its coordinator died on another host)."""
-    from orchestrator_ext.coordinator import break_lease
+    """Break the run's coordinator lease (after its coordinator died on another host),
+    where it lives: the run folder's ``.coordinator.json``, or the state table's row."""
+    from orchestrator_ext.coordinator import break_lease, describe_holder
 
     config = load_cli_config(args)
-    held = break_lease(config.run_id)
+    held = break_lease(config)
     if args.json:
         print(json.dumps({"run_id": config.run_id, "removed": held}))
     elif held:
-        print(
-            f"removed the lease of pid {held.get('pid')} on {held.get('host')} "
-            f"(since {held.get('started_at')})"
-        )
+        print(f"removed the lease of {describe_holder(held)}")
     else:
         print(f"run {config.run_id} has no coordinator lease")
     return 0
@@ -544,13 +611,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument(
-            "--configfile", nargs="+", default=["config/config.yaml"],
+            "run", nargs="?", metavar="RUN_DIR",
+            help="the run's folder ({output_root}/{run_id}, or s3://bucket/prefix/{run_id}): "
+            "reads the config the run used from its config.json",
+        )  # fmt: skip
+        p.add_argument(
+            "--configfile", nargs="+", default=None,
             help="the run's config file(s), later ones overriding earlier ones, as with "
-            "snakemake (default: config/config.yaml)",
+            f"snakemake (default, without RUN_DIR: {EXAMPLE_CONFIG})",
         )  # fmt: skip
         p.add_argument(
             "--config", nargs="*", metavar="KEY=VALUE",
-            help="override config keys, dotted for nesting (e.g. run_id=x batching.max_items=5)",
+            help="override config keys as snakemake --config does (e.g. run_id=x "
+            "'batching={max_items: 5}')",
         )  # fmt: skip
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
         return p
@@ -580,8 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify = with_config(
         manifest_sub.add_parser(
             "verify",
-            help="re-hash every file the manifest lists; exit 1 naming any mismatch or "
-            "missing file",
+            help="re-hash every file the manifest lists, check the checksums and item counts "
+            "against the state store and conservation against the plan and batch records; "
+            "exit 1 naming any mismatch or missing file",
         )
     )
     verify.set_defaults(func=cmd_manifest_verify)
@@ -602,6 +676,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OrchestratorError as exc:
         print(f"orchestrator: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:
+        # The reader went away (`orchestrator audit | head`): stop quietly, as Unix tools
+        # do, and keep Python from reporting the pipe again when it flushes at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -35,6 +35,8 @@ class InputSpec:
     uri: str
     format: str
     id_column: str = "id"
+    #: ``None``: ids as the file writes them (CSV: text); ``"string"`` or ``"integer"``.
+    id_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,11 @@ class JobSpec:
     combine: str | None = None
     finalize: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    #: Column name -> canonical polars dtype name (``canonical_dtype``), in declared order;
+    #: None: the first committed batch's schema is the run's (see ``process``).
+    output_schema: dict[str, str] | None = None
+    #: ``any``, or ``per_item``: exactly one output row per processed item, with its id.
+    rows: str = "any"
 
 
 @dataclass(frozen=True)
@@ -164,6 +171,116 @@ class RunConfig:
         return config_sha256(self.raw)
 
 
+#: dtype names ``job.output_schema`` takes as they are (polars' names; ``Utf8`` is ``String``).
+SIMPLE_DTYPES = (
+    "Boolean", "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64",
+    "Float32", "Float64", "String", "Binary", "Date", "Time", "Null",
+)  # fmt: skip
+_TIME_UNITS = ("ns", "us", "ms")
+DTYPE_HELP = (
+    f"{', '.join(SIMPLE_DTYPES)}, Datetime, Datetime(ns|us|ms[, TIME_ZONE]), "
+    "Duration, Duration(ns|us|ms), Decimal(PRECISION, SCALE), List(DTYPE)"
+)
+
+
+def _parse_dtype(text: str) -> tuple[Any, ...]:
+    """A dtype name as a tuple: ``("Int64",)``, ``("Datetime", unit, tz)``,
+    ``("Duration", unit)``, ``("Decimal", precision, scale)``, ``("List", inner)``.
+
+    Raises:
+        ValueError: the name is not one of ``DTYPE_HELP``.
+    """
+    text = text.strip()
+    name, paren, rest = text.partition("(")
+    name = name.strip()
+    if paren and not rest.endswith(")"):
+        raise ValueError(f"unbalanced parentheses in {text!r}")
+    args = rest[:-1].strip() if paren else None
+    name = "String" if name == "Utf8" else name
+    if name in SIMPLE_DTYPES and args is None:
+        return (name,)
+    if name == "List" and args:
+        return ("List", _parse_dtype(args))
+    parts = [p.strip() for p in args.split(",")] if args else []
+    if name == "Datetime" and len(parts) <= 2:
+        unit = parts[0] if parts else "us"
+        zone = parts[1] if len(parts) == 2 else None
+        if unit in _TIME_UNITS and zone != "":
+            return ("Datetime", unit, zone)
+    if name == "Duration" and len(parts) <= 1 and (parts or ["us"])[0] in _TIME_UNITS:
+        return ("Duration", (parts or ["us"])[0])
+    if name == "Decimal" and len(parts) == 2 and all(p.isdigit() for p in parts):
+        return ("Decimal", int(parts[0]), int(parts[1]))
+    raise ValueError(f"unknown dtype {text!r}")
+
+
+def _dtype_text(parsed: tuple[Any, ...]) -> str:
+    kind = parsed[0]
+    if kind == "List":
+        return f"List({_dtype_text(parsed[1])})"
+    if kind == "Datetime":
+        unit, zone = parsed[1], parsed[2]
+        if zone is not None:
+            return f"Datetime({unit}, {zone})"
+        return "Datetime" if unit == "us" else f"Datetime({unit})"
+    if kind == "Duration":
+        return "Duration" if parsed[1] == "us" else f"Duration({parsed[1]})"
+    if kind == "Decimal":
+        return f"Decimal({parsed[1]}, {parsed[2]})"
+    return str(kind)
+
+
+def canonical_dtype(name: str) -> str:
+    """The canonical spelling of a dtype name (``"List( Utf8 )"`` -> ``"List(String)"``,
+    ``"Datetime(us)"`` -> ``"Datetime"``); what ``process.dtype_name`` gives the polars dtype.
+
+    Raises:
+        ValueError: the name is not one of ``DTYPE_HELP``.
+    """
+    return _dtype_text(_parse_dtype(name))
+
+
+def polars_dtype(name: str) -> Any:
+    """The polars dtype a dtype name stands for (polars is imported only here).
+
+    Raises:
+        ValueError: the name is not one of ``DTYPE_HELP``.
+    """
+    import polars as pl
+
+    def build(parsed: tuple[Any, ...]) -> Any:
+        kind = parsed[0]
+        if kind == "List":
+            return pl.List(build(parsed[1]))
+        if kind == "Datetime":
+            return pl.Datetime(parsed[1], parsed[2])
+        if kind == "Duration":
+            return pl.Duration(parsed[1])
+        if kind == "Decimal":
+            return pl.Decimal(parsed[1], parsed[2])
+        return getattr(pl, kind)()
+
+    return build(_parse_dtype(name))
+
+
+def canonical_output_schema(declared: dict[str, Any]) -> dict[str, str]:
+    """``job.output_schema`` with every dtype name in its canonical spelling.
+
+    Raises:
+        ConfigError: one line naming the column and the dtype names accepted.
+    """
+    schema = {}
+    for column, name in declared.items():
+        try:
+            schema[column] = canonical_dtype(str(name))
+        except ValueError as exc:
+            raise ConfigError(
+                f"invalid config at 'job/output_schema/{column}': {exc}; expected a polars "
+                f"dtype name: {DTYPE_HELP}"
+            ) from None
+    return schema
+
+
 def config_sha256(raw: dict[str, Any]) -> str:
     """Return the sha256 of a config dict in canonical JSON (sorted keys, no spaces)."""
     text = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
@@ -172,9 +289,20 @@ def config_sha256(raw: dict[str, Any]) -> str:
 
 def _schema_error_message(error: Exception) -> str:
     """Turn a jsonschema ValidationError into one line naming the key and the problem."""
-    path = "/".join(str(p) for p in getattr(error, "absolute_path", [])) or "(top level)"
+    keys = [str(p) for p in getattr(error, "absolute_path", [])]
+    if getattr(error, "validator", None) == "required":
+        # "'run_id' is a required property" names the key but not where it belongs.
+        missing = str(error.message).split("'")[1]  # type: ignore[attr-defined]
+        key = ".".join([*keys, missing])
+        return (
+            f"invalid config: required key '{key}' is missing; every run names its run_id, "
+            "input (uri, format) and job (function): see config/README.md"
+        )
+    path = "/".join(keys) or "(top level)"
     message = getattr(error, "message", str(error)).splitlines()[0]
-    return f"invalid config at '{path}': {message}"
+    expected = getattr(error, "schema", {}).get("description")
+    hint = f" (expected: {expected})" if expected and error.validator == "pattern" else ""  # type: ignore[attr-defined]
+    return f"invalid config at '{path}': {message}{hint}"
 
 
 def validate_config(raw: dict[str, Any]) -> dict[str, Any]:
@@ -191,6 +319,7 @@ def validate_config(raw: dict[str, Any]) -> dict[str, Any]:
     except jsonschema.ValidationError as exc:
         raise ConfigError(_schema_error_message(exc)) from None
     _check_consistency(data)
+    _check_output_root(data["output_root"])
     return data
 
 
@@ -218,8 +347,16 @@ def _default_filling_validator() -> Any:
                     instance.setdefault(name, copy.deepcopy(subschema["default"]))
         yield from validate_properties(validator, properties, instance, schema)
 
+    # JSON Schema counts 1.0 (and 1e30) as an integer; a batch size or a memory figure
+    # that is a float is a typo to refuse, not a number to truncate.
+    type_checker = Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
+    )
     schema = read_schema(SCHEMA_PATH)
-    return validators.extend(Draft202012Validator, {"properties": set_defaults})(schema)
+    extended = validators.extend(
+        Draft202012Validator, {"properties": set_defaults}, type_checker=type_checker
+    )
+    return extended(schema)
 
 
 def _check_consistency(data: dict[str, Any]) -> None:
@@ -239,6 +376,32 @@ def _check_consistency(data: dict[str, Any]) -> None:
         )
     if data["input"]["format"] == "s3-keys" and not data["input"]["uri"].startswith("s3://"):
         raise ConfigError("invalid config: input.format 's3-keys' needs an s3:// input.uri")
+    declared = job.get("output_schema")
+    if declared is not None:
+        canonical_output_schema(declared)
+        id_column = data["input"]["id_column"]
+        if job.get("rows") == "per_item" and id_column not in declared:
+            raise ConfigError(
+                f"invalid config: job.rows is 'per_item' but job.output_schema has no column "
+                f"{id_column!r} (input.id_column): every output row carries its item's id"
+            )
+
+
+def _check_output_root(output_root: str) -> None:
+    """Refuse a local output_root that is a file or lies under one, before anything is
+    written (the first job would otherwise end in NotADirectoryError)."""
+    if output_root.startswith("s3://"):
+        return
+    path = Path(output_root)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is" if folder == path else f"lies under {str(folder)!r}, which is"
+                raise ConfigError(
+                    f"invalid config: output_root {output_root!r} {where} a file, not a "
+                    "folder; point output_root at a folder (it is created if missing)"
+                )
+            return
 
 
 def load_config(raw: dict[str, Any]) -> RunConfig:
@@ -262,7 +425,7 @@ def run_config_from(data: dict[str, Any]) -> RunConfig:
         output_root=data["output_root"],
         input=InputSpec(**data["input"]),
         batching=BatchingSpec(**data["batching"]),
-        job=JobSpec(**data["job"]),
+        job=_job_spec(data["job"]),
         merge=MergeSpec(**data["merge"]),
         max_dead_letter_fraction=data["tolerance"]["max_dead_letter_fraction"],
         retry=RetrySpec(**data["retry"]),
@@ -273,6 +436,13 @@ def run_config_from(data: dict[str, Any]) -> RunConfig:
         faults=_fault_spec(data["faults"]),
         raw=data,
     )
+
+
+def _job_spec(job: dict[str, Any]) -> JobSpec:
+    declared = job.get("output_schema")
+    if declared is None:
+        return JobSpec(**job)
+    return JobSpec(**{**job, "output_schema": canonical_output_schema(declared)})
 
 
 def _fault_spec(faults: dict[str, Any]) -> FaultSpec:
@@ -301,9 +471,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(
-            f"config file {path} is not valid YAML: {' '.join(str(exc).split())}"
-        ) from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(
             f"config file {path} must hold a mapping of keys, got {type(data).__name__}"
@@ -314,3 +485,75 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 def load_config_file(path: str | Path) -> RunConfig:
     """Read and validate a config file (the CLI's ``--configfile``)."""
     return load_config(read_config_file(path))
+
+
+def resolved_document(run: RunConfig) -> dict[str, Any]:
+    """What ``{run_dir}/config.json`` holds: the validated config and its sha256."""
+    return {"sha256": run.sha256, "config": run.raw}
+
+
+def publish_resolved_config(run: RunConfig) -> str:
+    """Write the config this run uses to ``{run_dir}/config.json`` (in S3: uploaded with
+    server-side encryption), so that every tool reads the run as Snakemake ran it.
+
+    Returns:
+        Where it was written.
+    """
+    from orchestrator_ext.layout import RunLayout
+
+    uri = RunLayout(run.run_dir).resolved_config
+    text = json.dumps(resolved_document(run), indent=2, sort_keys=True) + "\n"
+    if uri.startswith("s3://"):
+        from orchestrator_ext import s3
+
+        s3.put_bytes(s3.make_s3_client(), uri, text.encode(), "application/json")
+    else:
+        from orchestrator_ext.storage import atomic_path
+
+        Path(run.run_dir).mkdir(parents=True, exist_ok=True)
+        with atomic_path(uri) as tmp:
+            # Readable by its owner only: job.params may hold credentials.
+            tmp.touch(mode=0o600)
+            tmp.chmod(0o600)
+            tmp.write_text(text)
+    return uri
+
+
+def read_resolved_config(run_dir: str) -> RunConfig:
+    """The config a run used, from its folder (a path or an ``s3://`` prefix).
+
+    Raises:
+        ConfigError: the folder has no ``config.json`` (not a run folder, or its
+            coordinator never started), or the file was changed after it was written.
+    """
+    from orchestrator_ext.errors import MissingOutput
+    from orchestrator_ext.layout import RunLayout
+
+    uri = RunLayout(run_dir.rstrip("/")).resolved_config
+    try:
+        if uri.startswith("s3://"):
+            from orchestrator_ext import s3
+
+            text = s3.read_bytes(s3.make_s3_client(), uri).decode()
+        else:
+            text = Path(uri).read_text()
+    except (FileNotFoundError, NotADirectoryError, MissingOutput):
+        raise ConfigError(
+            f"{run_dir} is not a run folder: it has no config.json (written when "
+            "snakemake starts the run); name the run's config with --configfile instead"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {uri}: {exc.strerror or exc}") from None
+    try:
+        document = json.loads(text)
+        raw, recorded = document["config"], document["sha256"]
+    except (ValueError, TypeError, KeyError):
+        raise ConfigError(
+            f"{uri} is not a config the run wrote (not JSON with 'config' and 'sha256')"
+        ) from None
+    if config_sha256(raw) != recorded:
+        raise ConfigError(
+            f"{uri} was changed after the run wrote it (its sha256 does not match its "
+            "config); name the run's config with --configfile instead"
+        )
+    return load_config(raw)

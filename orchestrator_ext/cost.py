@@ -296,17 +296,25 @@ def build_workload_from_store(
     plan: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> Workload:
-    """Counts from what happened: every attempt in the audit log; open attempts up to now.
+    """Counts from what happened: every attempt in the audit log; open attempts up to now,
+    or, once the run finished, up to its last transition.
 
     Raises:
         CostError: the store has no batches yet (the partition step has not run).
     """
     from orchestrator_ext.history import attempt_spans
+    from orchestrator_ext.state import TaskStatus
 
     batches = [t for t in tasks if t.kind == "batch"]
     if not batches:
         raise CostError("the state store has no batches yet: estimate from the config instead")
     now = now or datetime.now(UTC)
+    # An attempt that never recorded its end (killed) of a finished run ended by the run's
+    # end at the latest: measured to now, the estimate of a finished run would keep growing.
+    if transitions and any(
+        t.task_id == "manifest" and t.status == TaskStatus.SUCCEEDED for t in tasks
+    ):
+        now = min(now, max(datetime.fromisoformat(t.at) for t in transitions))
     spans = attempt_spans(transitions)
     seconds = 0.0
     for span in spans:
@@ -531,13 +539,18 @@ def render_cost(estimate: CostEstimate) -> Any:
     from rich.text import Text
 
     cur = estimate.currency
+    # The run id and the currency (from a prices file) are data: as Text, never read as
+    # Rich markup (a str title holding "[/bold]" raises MarkupError).
     table = Table(
-        title=f"run {estimate.run_id}: estimated cost (from the {estimate.source})",
+        title=Text(
+            f"run {estimate.run_id}: estimated cost (from the {estimate.source})",
+            style="table.title",  # what Rich gives a str title
+        ),
         title_justify="left",
     )
     table.add_column("what")
     table.add_column("amount", justify="right")
-    table.add_column(f"cost ({cur})", justify="right")
+    table.add_column(Text(f"cost ({cur})"), justify="right")
     s3, ddb, compute = estimate.s3, estimate.dynamodb, estimate.compute
     unused = " (not used)"
     table.add_row("batches / merge nodes", f"{estimate.batches:,} / {estimate.merge_nodes:,}", "")

@@ -17,6 +17,7 @@ allocation.
 from __future__ import annotations
 
 import enum
+import signal
 from typing import Any
 
 from snakemake_interface_common.exceptions import WorkflowError
@@ -60,8 +61,26 @@ class MissingOutput(OrchestratorError):
     """Raised when a file the run recorded (or a merge needs) is absent."""
 
 
+class CorruptFile(OrchestratorError):
+    """Raised when a file of the run is not what the run wrote (e.g. not a JSON object)."""
+
+
 class BatchFailed(OrchestratorError):
     """Raised when a batch sheds more dead-lettered items than ``tolerance`` allows."""
+
+
+class OutputContractError(OrchestratorError):
+    """Raised when a job's output breaks the run's output contract (permanent: the same
+    input gives the same output, so a retry cannot help)."""
+
+
+class SchemaMismatch(OutputContractError):
+    """Raised when a result's columns or types differ from the run's output schema, or
+    when the children of a merge differ from each other (merges never cast)."""
+
+
+class RowsMismatch(OutputContractError):
+    """Raised when a batch breaks ``job.rows: per_item`` (one row per item, with its id)."""
 
 
 class StateConflict(OrchestratorError):
@@ -142,8 +161,29 @@ SLURM_STATE_CATEGORIES: dict[str, Category] = {
 }
 
 #: Process exit codes by category: 137 = 128 + SIGKILL, what the OOM killer (or a node
-#: going away) leaves; 143 = 128 + SIGTERM, Slurm's signal at the time limit.
-EXIT_CODE_CATEGORIES: dict[int, Category] = {137: Category.RESOURCE, 143: Category.RESOURCE}
+#: going away) leaves; 143 = 128 + SIGTERM, Slurm's signal at the time limit; 124, what
+#: coreutils ``timeout`` exits with when it stopped the command.
+EXIT_CODE_CATEGORIES: dict[int, Category] = {
+    124: Category.RESOURCE,
+    137: Category.RESOURCE,
+    143: Category.RESOURCE,
+}
+
+#: Signals that end a job from outside, by category: SIGKILL is what the kernel's OOM killer
+#: (and a cgroup's memory limit) sends, SIGTERM what Slurm sends at the time limit and the
+#: local executor past ``resources.runtime``, SIGXCPU a CPU-time limit: resource failures,
+#: resubmitted with escalated resources. A hang-up or an interrupt is transient. Every other
+#: signal (SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL, ...) is the process crashing on its own,
+#: which in research code is nearly always deterministic (a bug in a C extension, an
+#: assertion): permanent, not resubmitted. The one resource failure that shows as a crash,
+#: C++ code aborting on ``std::bad_alloc``, is the price of not rerunning segfaults.
+SIGNAL_CATEGORIES: dict[int, Category] = {
+    signal.SIGKILL: Category.RESOURCE,
+    signal.SIGTERM: Category.RESOURCE,
+    signal.SIGXCPU: Category.RESOURCE,
+    signal.SIGHUP: Category.TRANSIENT,
+    signal.SIGINT: Category.TRANSIENT,
+}
 
 
 def classify_slurm_state(state: str) -> Category | None:
@@ -151,9 +191,39 @@ def classify_slurm_state(state: str) -> Category | None:
     return SLURM_STATE_CATEGORIES.get(state.split()[0].upper().rstrip("+")) if state else None
 
 
+def exit_signal(code: int | None) -> signal.Signals | None:
+    """The signal that ended a process, from its exit code: negative in Python's
+    ``subprocess`` (``-11``), 128 + N from a shell (``139``); None for an ordinary status."""
+    if code is None:
+        return None
+    number = -code if code < 0 else code - 128 if 128 < code < 128 + signal.NSIG else 0
+    try:
+        return signal.Signals(number) if number else None
+    except ValueError:
+        return None
+
+
+def describe_exit_code(code: int) -> str:
+    """``killed by SIGSEGV (exit -11)``, ``exited with status 3``."""
+    sig = exit_signal(code)
+    return f"killed by {sig.name} (exit {code})" if sig else f"exited with status {code}"
+
+
 def classify_exit_code(code: int | None) -> Category | None:
-    """Category of a job's exit code, or None when the code says nothing about the cause."""
-    return EXIT_CODE_CATEGORIES.get(code) if code is not None else None
+    """Category of a job's exit code, or None when the code says nothing about the cause.
+
+    ``EXIT_CODE_CATEGORIES`` first; then a process killed by a signal (``exit_signal``) is
+    classified by ``SIGNAL_CATEGORIES``, and any other signal is a crash: permanent. An
+    ordinary status (0, 1, 2, ...) says nothing.
+    """
+    if code is None:
+        return None
+    if code in EXIT_CODE_CATEGORIES:
+        return EXIT_CODE_CATEGORIES[code]
+    sig = exit_signal(code)
+    if sig is None:
+        return None
+    return SIGNAL_CATEGORIES.get(sig, Category.PERMANENT)
 
 
 def _resolve_class(name: str) -> type[BaseException]:

@@ -1,14 +1,17 @@
 """Running a package function as the body of a Snakemake job.
 
-Scripts under ``scripts/`` call ``run_step``: it sends the job's log output to the rule's
-log file, runs the function, and turns the package's own errors into one clear line and a
-non-zero exit instead of a traceback. Unexpected errors keep their traceback in the log,
-because that is a bug worth reading.
+Scripts under ``scripts/`` call ``run_step``: it sends the job's output (stdout, stderr,
+logging) to the rule's log file, runs the function, and turns the package's own errors into
+one clear line and a non-zero exit instead of a traceback. Unexpected errors keep their
+traceback in the log, because that is a bug worth reading.
 """
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -19,9 +22,29 @@ EXIT_FAILED = 1
 
 
 def setup_logging(log_path: str | None) -> None:
-    """Send stderr and the package's logging to ``log_path`` (appending)."""
+    """Send the job's output to ``log_path`` (appending): stdout and stderr, and the
+    package's logging.
+
+    Both at the file-descriptor level (``os.dup2`` onto 1 and 2), so that what C extensions
+    and subprocesses of the user's job write lands in the log too, and as ``sys.stdout`` and
+    ``sys.stderr``, line-buffered so that the two keep their order and a killed job loses
+    nothing it printed. A crash (SIGSEGV, SIGABRT, ...) leaves the Python traceback of every
+    thread there (``faulthandler``).
+    """
     if log_path:
-        sys.stderr = open(log_path, "a", buffering=1)  # noqa: SIM115 - lives for the job
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # a closed or odd stream: nothing to keep
+                stream.flush()
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+        finally:
+            os.close(fd)
+        # The streams live for the job; fds 1 and 2 stay open for its subprocesses.
+        sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
+    faulthandler.enable(file=sys.stderr, all_threads=True)
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
@@ -65,10 +88,11 @@ def process_batch_main(argv: list[str] | None = None) -> None:
     The rule runs the most numerous job of a run, so it uses ``shell:`` rather than
     ``script:``: Snakemake plans a ``script:`` job noticeably slower (it reads and caches the
     script for every job) and starts it through a generated wrapper; a command line costs
-    neither. Config arrives as JSON, validated with defaults filled in (``RunConfig.raw``:
-    the Snakefile validated it, in the job's own Snakemake process too on a cluster, so the
-    job does not again); the record's URIs and where dead letters go (the run
-    folder or S3; not a Snakemake output) follow from it.
+    neither. Config arrives in a JSON file (``--config-file``, mode 0600; never on the
+    command line, see ``workflow.job_config_file``), validated with defaults filled in
+    (``RunConfig.raw``: the Snakefile validated it, in the job's own Snakemake process too on
+    a cluster, so the job does not again); the record's URIs and where dead letters go (the
+    run folder or S3; not a Snakemake output) follow from it.
     """
     import argparse
     import json
@@ -77,11 +101,13 @@ def process_batch_main(argv: list[str] | None = None) -> None:
     from orchestrator_ext.process import process_batch
 
     parser = argparse.ArgumentParser(prog="python -m orchestrator_ext.jobstep process-batch")
-    for name in ("config-json", "log", "batch", "batch-file", "plan-file", "result",
+    for name in ("config-file", "log", "batch", "batch-file", "plan-file", "result",
                  "record"):  # fmt: skip
         parser.add_argument(f"--{name}", required=True)
     args = parser.parse_args(argv)
-    raw_config = json.loads(args.config_json)
+    # A file, not an argument: the config may hold secrets (workflow.job_config_file).
+    with open(args.config_file) as handle:
+        raw_config = json.load(handle)
     run = RunLayout(f"{raw_config['output_root'].rstrip('/')}/{raw_config['run_id']}")
     run_step(
         args.log,

@@ -11,6 +11,8 @@ A run's files, all under ``{output_root}/{run_id}/``::
     merge/L{level}/part-NNNNN.parquet an inner node of the merge tree (+ .json record)
     final/result.parquet              the root of the merge tree (+ .json record)
     manifest.json                     everything above, with checksums
+    config.json                       the config the run used (defaults filled) and its
+                                      sha256; what ``orchestrator RUN_DIR`` reads
     state.sqlite                      task state (sqlite backend)
     logs/<rule>/<wildcards>.log       one log per job
 
@@ -169,6 +171,19 @@ class RunLayout:
     @property
     def manifest(self) -> str:
         return self._path("manifest.json")
+
+    @property
+    def derived(self) -> list[str]:
+        """Every folder and file a plan's batches give rise to (results, dead letters, merge
+        nodes, final, manifest, dashboard, sub-batch checkpoints): what a re-partition
+        removes. Plain locations, never wrapped."""
+        names = ["results", "dead_letter", "merge", "final", "checkpoints", "report"]
+        return [f"{self.run_dir}/{name}" for name in [*names, "manifest.json"]]
+
+    @property
+    def resolved_config(self) -> str:
+        """Not a file target (written by the coordinator when it starts): never wrapped."""
+        return f"{self.run_dir}/config.json"
 
     @property
     def state_db(self) -> str:

@@ -2,11 +2,16 @@
 
 - ``concat`` streams record batches from each child into one Parquet writer, so memory is
   bounded by one record batch, not by the size of the children. Children with no rows are
-  skipped (an item-mode batch whose items all failed has no columns at all).
+  skipped (an item-mode batch whose items all failed before the run's schema was known has
+  no columns at all).
 - ``reduce`` concatenates the children's partial aggregates and applies the job's
   associative ``combine``; on the root it then applies ``finalize`` once, if configured.
 
-Every child is hashed and compared with its record before a single row is read.
+Every child is hashed and compared with its record before a single row is read. Merges
+never cast: every child with columns must have the first's columns and types (their order
+may differ), or the merge fails naming the child, the column and both types; ``combine``
+must return its input's schema. Each batch was held to the run's output schema already
+(``process.check_output_contract``); this is the last line behind it.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from orchestrator_ext.config import RunConfig
-from orchestrator_ext.errors import OrchestratorError
+from orchestrator_ext.errors import SchemaMismatch
 from orchestrator_ext.job import JobContext, job_context, load_callable
 from orchestrator_ext.state import StateStore, current_host
 from orchestrator_ext.storage import atomic_path, file_facts, read_json, verify_checksum, write_json
@@ -32,8 +38,7 @@ logger = logging.getLogger(__name__)
 _STREAM_BATCH_ROWS = 64 * 1024
 
 
-class SchemaMismatch(OrchestratorError):
-    """Raised when the children of a concat merge have incompatible columns."""
+__all__ = ["SchemaMismatch", "concat_stream", "merge_node", "reduce_frames", "verify_children"]
 
 
 def verify_children(children: list[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -65,7 +70,7 @@ def concat_stream(inputs: list[str], output: str | os.PathLike[str]) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = _first_schema(inputs)
+    schema = _checked_schema(inputs)
     rows = 0
     with pq.ParquetWriter(output, schema, compression="zstd") as writer:
         for path in inputs:
@@ -78,42 +83,101 @@ def concat_stream(inputs: list[str], output: str | os.PathLike[str]) -> int:
     return rows
 
 
-def _first_schema(inputs: list[str]) -> pa.Schema:
-    """The schema of the first child with rows (of the first child if none has rows)."""
+def _checked_schema(inputs: list[str]) -> pa.Schema:
+    """The schema of the first child with columns (of the first child if none has any),
+    once every child with columns was found to have it (from the files' footers).
+
+    Raises:
+        SchemaMismatch: a child's columns or types differ (``_refuse_differing``).
+    """
     import pyarrow.parquet as pq
 
-    for path in inputs:
-        metadata = pq.read_metadata(path)
-        if metadata.num_rows > 0:
-            return metadata.schema.to_arrow_schema()
-    return pq.read_schema(inputs[0])
+    schemas = [(path, pq.read_schema(path)) for path in inputs]
+    with_columns = [(path, schema) for path, schema in schemas if schema.names]
+    if not with_columns:
+        return schemas[0][1]
+    first_path, first = with_columns[0]
+    want = {field.name: field.type for field in first}
+    for path, schema in with_columns[1:]:
+        have = {field.name: field.type for field in schema}
+        _refuse_differing("concat", path, have, first_path, want, _type_name)
+    return first
+
+
+def _refuse_differing(
+    what: str,
+    path: str,
+    have: dict[str, Any],
+    first_path: str,
+    want: dict[str, Any],
+    name_of: Callable[[Any], str] = str,
+) -> None:
+    """Raise SchemaMismatch unless ``have`` (the types of ``path``'s columns) is ``want``
+    (those of ``first_path``), up to column order; ``name_of`` names a type."""
+    if set(have) != set(want):
+        raise SchemaMismatch(
+            f"cannot {what} {path}: its columns {list(have)} differ from {list(want)} "
+            f"of {first_path}; the job must return the same columns for every batch"
+        )
+    for column, dtype in want.items():
+        if have[column] != dtype:
+            raise SchemaMismatch(
+                f"cannot {what} {path}: column types differ: {column!r} is "
+                f"{name_of(have[column])} there but {name_of(dtype)} in {first_path}; "
+                "merges never cast: every batch must return the run's output schema"
+            )
+
+
+def _type_name(arrow_type: pa.DataType) -> str:
+    """An arrow type as polars names it (``Int64``, ``String``: ``process.dtype_name``),
+    with arrow's name too where polars reads two arrow types as one (``string``)."""
+    import pyarrow as pa
+
+    from orchestrator_ext.process import dtype_name
+
+    try:
+        series = pl.from_arrow(pa.array([], type=arrow_type))
+        assert isinstance(series, pl.Series)
+        name = dtype_name(series.dtype)
+        return name if series.to_arrow().type == arrow_type else f"{name} ({arrow_type})"
+    except Exception:  # noqa: BLE001 - a name for a message, whatever the type
+        return str(arrow_type)
 
 
 def _conform(table: pa.Table, schema: pa.Schema, path: str) -> pa.Table:
-    import pyarrow as pa
-
-    if table.schema.equals(schema):
-        return table
-    if set(table.schema.names) != set(schema.names):
-        raise SchemaMismatch(
-            f"cannot concat {path}: its columns {table.schema.names} differ from "
-            f"{schema.names}; the job must return the same columns for every batch"
-        )
-    try:
-        return table.select(schema.names).cast(schema)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise SchemaMismatch(f"cannot concat {path}: column types differ ({exc})") from None
+    """``table`` with its columns in ``schema``'s order; never cast (the types were
+    checked against ``schema`` before: ``_checked_schema``)."""
+    if table.schema.names != schema.names:
+        table = table.select(schema.names)
+    if not table.schema.equals(schema):
+        have = {field.name: field.type for field in table.schema}
+        want = {field.name: field.type for field in schema}
+        _refuse_differing("concat", path, have, "the first child", want, _type_name)
+        raise SchemaMismatch(f"cannot concat {path}: its schema differs; merges never cast")
+    return table
 
 
 def reduce_frames(
     config: RunConfig, inputs: list[str], ctx: JobContext, is_root: bool
 ) -> pl.DataFrame:
     """Concatenate the children's partials and apply ``combine`` (and ``finalize`` on the root)."""
-    frames = [pl.read_parquet(path) for path in inputs]
-    frames = [f for f in frames if f.width] or frames[:1]
-    partials = pl.concat(frames, how="diagonal_relaxed")
+    # Imported here: a concat merge (most merges) starts faster without process's imports.
+    from orchestrator_ext.process import schema_differences, schema_of
+
+    frames = [(path, pl.read_parquet(path)) for path in inputs]
+    kept = [(path, f) for path, f in frames if f.width] or frames[:1]
+    first_path, first = kept[0]
+    for path, frame in kept[1:]:
+        _refuse_differing("reduce", path, schema_of(frame), first_path, schema_of(first))
+    partials = pl.concat([f.select(first.columns) for _, f in kept], how="vertical")
     combine = load_callable(config.job.combine or "", "job.combine")
     merged = combine(partials, ctx)
+    if first.width and dict(merged.schema) != dict(partials.schema):
+        diffs = "; ".join(schema_differences(schema_of(merged), schema_of(partials), "its input"))
+        raise SchemaMismatch(
+            f"merge {ctx.batch_id}: job.combine returned another schema than its input "
+            f"({diffs}); combine must keep the partials' columns and types, merges never cast"
+        )
     if is_root and config.job.finalize:
         merged = load_callable(config.job.finalize, "job.finalize")(merged, ctx)
     return merged

@@ -109,21 +109,25 @@ class ReportData:
 
 
 def read_json_at(uri: str) -> dict[str, Any] | None:
-    """A JSON file on disk or in S3, or None when it does not exist."""
-    import json
+    """A JSON record on disk or in S3, or None when it does not exist.
+
+    Raises:
+        CorruptFile: the file is not valid JSON or not a JSON object (names ``uri``).
+    """
+    from orchestrator_ext.storage import parse_json_object, read_json
 
     if uri.startswith("s3://"):
         from orchestrator_ext import s3
         from orchestrator_ext.errors import MissingOutput
 
         try:
-            return dict(json.loads(s3.read_bytes(s3.make_s3_client(), uri)))
+            data = s3.read_bytes(s3.make_s3_client(), uri)
         except MissingOutput:
             return None
+        return parse_json_object(data, uri)
     if not os.path.exists(uri):
         return None
-    with open(uri) as handle:
-        return dict(json.load(handle))
+    return read_json(uri)
 
 
 def collect_report_data(config: RunConfig, store: StateStore | None) -> ReportData:
@@ -459,7 +463,8 @@ def _summary_section(data: ReportData) -> str:
         ("batches_total", "batches"), ("batches_done", "batches succeeded"),
         ("items_total", "items"), ("items_dead_lettered", "items dead-lettered"),
         ("retried_tasks", "tasks retried"), ("elapsed", "elapsed"),
-    ] + [(f"status_{s}", f"tasks {s}") for s in TaskStatus]  # fmt: skip
+    ] + [(f"status_{s}", f"tasks {s}") for s in TaskStatus
+         if s is not TaskStatus.SUPERSEDED]  # fmt: skip
     rows = [(key, label, values[key]) for key, label in labels if key in values]
     return f'<section id="summary"><h2>Summary</h2>{_table(rows)}</section>'
 

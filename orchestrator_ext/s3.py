@@ -357,3 +357,28 @@ def upload_file(client: Any, path: str | os.PathLike[str], uri: str) -> None:
     bucket, key = split_s3_uri(uri)
     with translated_errors(client, bucket):
         client.upload_file(str(path), bucket, key, ExtraArgs=dict(SSE_ARGS))
+
+
+def delete_prefix(client: Any, uri: str) -> int:
+    """Delete every object under the folder ``uri`` (``s3://bucket/prefix``); return how
+    many. One listing, then DeleteObjects of up to 1,000 keys a request.
+
+    Raises:
+        S3Error: setup problems (see ``translated_errors``), or a key S3 refused to delete.
+    """
+    bucket, prefix = split_s3_uri(uri)
+    prefix = prefix.rstrip("/") + "/"
+    keys = [o.key for o in list_objects(client, bucket, prefix, what=uri)]
+    for start in range(0, len(keys), MAX_PAGE_SIZE):
+        chunk = keys[start : start + MAX_PAGE_SIZE]
+        with translated_errors(client, bucket):
+            response = client.delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True}
+            )
+        if response.get("Errors"):
+            first = response["Errors"][0]
+            raise S3Error(
+                f"cannot delete s3://{bucket}/{first.get('Key')}: {first.get('Code')} "
+                f"{first.get('Message', '')}".rstrip()
+            )
+    return len(keys)

@@ -73,14 +73,14 @@ def match_objects(
     return sorted(objects, key=lambda o: o.key)
 
 
-def _read_object(client: Any, obj: S3Object, fmt: str) -> pl.DataFrame:
+def _read_object(client: Any, obj: S3Object, spec: InputSpec) -> pl.DataFrame:
     try:
         data = io.BytesIO(read_bytes(client, obj.uri))
     except MissingOutput:
         raise InputError(f"S3 object vanished while reading the input: {obj.uri}") from None
     from orchestrator_ext.partition import read_frame
 
-    return read_frame(data, fmt, obj.uri)
+    return read_frame(data, spec.format, obj.uri, spec.id_column, spec.id_type)
 
 
 def keys_frame(objects: list[S3Object]) -> pl.DataFrame:
@@ -122,24 +122,23 @@ def read_s3_items(
         ``bytes``, ``etag``; one summary row for ``s3-keys``).
 
     Raises:
-        InputError: no matching object, unreadable objects, no id column, null or
-            duplicate ids. S3Error: missing bucket, unreachable endpoint, no credentials.
+        InputError: no matching object, unreadable objects, no id column, ids that do
+            not fit ``input.id_type`` or cannot be carried through the run, id columns of
+            different types in different objects, null or duplicate ids. S3Error: missing
+            bucket, unreachable endpoint, no credentials.
     """
-    from orchestrator_ext.partition import check_ids
+    from orchestrator_ext.partition import apply_id_type, check_ids, concat_items
 
     client = client or make_s3_client()
     if spec.format == "s3-keys":
         objects = match_objects(client, spec.uri, folder=True, page_size=page_size)
-        items = keys_frame(objects)
+        items = apply_id_type(keys_frame(objects), spec.id_column, spec.id_type, spec.uri)
         check_ids(items, spec.id_column, spec.uri)
         logger.info("listed %d objects under %s", len(objects), spec.uri)
         return items, keys_listing(spec.uri, objects)
     objects = match_objects(client, spec.uri, page_size=page_size)
-    frames = [_read_object(client, o, spec.format) for o in objects]
-    try:
-        items = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
-    except pl.exceptions.PolarsError as exc:
-        raise InputError(f"input objects do not share compatible columns: {exc}") from None
+    frames = [_read_object(client, o, spec) for o in objects]
+    items = concat_items(frames, [o.uri for o in objects], spec.id_column, "objects")
     check_ids(items, spec.id_column, spec.uri)
     listing = [{"path": o.uri, "bytes": o.size, "etag": o.etag} for o in objects]
     logger.info("read %d items from %d objects matching %s", items.height, len(objects), spec.uri)

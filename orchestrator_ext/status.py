@@ -10,6 +10,8 @@ Definitions (all over *batch* tasks; merges and the manifest are quick by compar
 - progress: SUCCEEDED batches of all batches the partition registered;
 - throughput: batches (and items) finished per minute over the last ``window_s`` seconds
   when at least two finished in it, else over the whole run so far;
+- elapsed: from the first batch's start to now, or, once the run finished (the manifest
+  SUCCEEDED), to its last finish; a finished run's throughput is that of the whole run;
 - ETA: batches still to finish (neither SUCCEEDED nor DEAD) divided by the throughput;
 - overdue: a RUNNING attempt older than the wall time its attempt was given
   (``resources.runtime`` escalated per attempt): probably killed without a record.
@@ -112,7 +114,7 @@ def build_status(
         The snapshot; see the module docstring for the definitions.
     """
     now = now or datetime.now(UTC)
-    counts = {str(s): 0 for s in TaskStatus}
+    counts = {str(s): 0 for s in TaskStatus if s is not TaskStatus.SUPERSEDED}
     by_kind: dict[str, dict[str, int]] = {}
     for task in tasks:
         counts[str(task.status)] += 1
@@ -140,7 +142,11 @@ def build_status(
             status.failures_by_category[key] = status.failures_by_category.get(key, 0) + 1
     manifest = next((t for t in tasks if t.task_id == "manifest"), None)
     status.finished = manifest is not None and manifest.status == TaskStatus.SUCCEEDED
-    _add_throughput(status, batches, done, now, window_s)
+    # A finished run is measured to its last finish, not to now: looked at an hour later,
+    # it still took what it took.
+    ends = [e for e in (parse_time(t.finished_at) for t in tasks) if e is not None]
+    run_end = max(ends) if status.finished and ends else None
+    _add_throughput(status, batches, done, now, window_s, run_end)
     status.slowest_running = _slowest_running(batches, now, resources, slowest)
     return status
 
@@ -151,17 +157,20 @@ def _add_throughput(
     done: list[TaskRecord],
     now: datetime,
     window_s: float,
+    run_end: datetime | None = None,
 ) -> None:
+    """Elapsed, throughput and ETA; to ``run_end`` (a finished run's last finish) if given,
+    else to ``now``, and then over the whole run, not the last ``window_s``."""
     starts = [s for s in (parse_time(t.started_at) for t in batches) if s is not None]
     if not starts:
         return
     first = min(starts)
-    status.elapsed_s = round((now - first).total_seconds(), 3)
+    status.elapsed_s = round(((run_end or now) - first).total_seconds(), 3)
     finished = sorted(
         (end, (t.items or 0)) for t in done if (end := parse_time(t.finished_at)) is not None
     )
     recent = [(end, n) for end, n in finished if (now - end).total_seconds() <= window_s]
-    if len(recent) >= 2 and status.elapsed_s > window_s:
+    if run_end is None and len(recent) >= 2 and status.elapsed_s > window_s:
         span, sample, status.throughput_basis = window_s, recent, f"last {window_s:.0f} s"
     else:
         span, sample, status.throughput_basis = status.elapsed_s, finished, "whole run"
@@ -256,14 +265,16 @@ def render_status(status: RunStatus) -> RenderableType:
     else:
         parts.append(Text("no batches yet: the partition step has not finished"))
 
+    # Everything that comes from the state store (kinds, categories, task ids, hosts) goes
+    # in as Text: a str cell is read as Rich markup, and "[/bold]" in it raises MarkupError.
     counts = Table()
     kinds = sorted(status.by_kind)
     counts.add_column("status")
     for kind in kinds:
-        counts.add_column(kind, justify="right")
+        counts.add_column(Text(kind), justify="right")
     counts.add_column("total", justify="right")
     for name, n in status.by_status.items():
-        counts.add_row(name, *(str(status.by_kind[k].get(name, 0)) for k in kinds), str(n))
+        counts.add_row(Text(name), *(str(status.by_kind[k].get(name, 0)) for k in kinds), str(n))
     parts += [Text("tasks by status", style="bold"), counts]
 
     if status.failures_by_category:
@@ -271,7 +282,7 @@ def render_status(status: RunStatus) -> RenderableType:
         failures.add_column("category")
         failures.add_column("tasks", justify="right")
         for category, n in sorted(status.failures_by_category.items()):
-            failures.add_row(category, str(n))
+            failures.add_row(Text(category), str(n))
         parts += [Text("failed tasks by category", style="bold"), failures]
         parts.append(Text("details: orchestrator errors", style="dim"))
 
@@ -282,9 +293,9 @@ def render_status(status: RunStatus) -> RenderableType:
         for task in status.slowest_running:
             flag = " OVERDUE" if task.overdue else ""
             slow.add_row(
-                task.task_id, str(task.attempt), format_duration(task.elapsed_s) + flag,
+                Text(task.task_id), str(task.attempt), format_duration(task.elapsed_s) + flag,
                 "-" if task.items_done is None else f"{task.items_done:,}",
-                task.host or "-", task.slurm_job_id or "-",
+                Text(task.host or "-"), Text(task.slurm_job_id or "-"),
             )  # fmt: skip
         parts += [Text("slowest running batches", style="bold"), slow]
     return Group(*parts)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from orchestrator_ext.errors import ChecksumMismatch, MissingOutput
+from orchestrator_ext.errors import ChecksumMismatch, CorruptFile, MissingOutput
 
 _CHUNK = 1 << 20
 
@@ -62,16 +62,49 @@ def write_json(path: str | os.PathLike[str], data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
-    """Read a JSON file.
+def parse_json_object(data: str | bytes, source: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse the text of one of the run's JSON records, which are all JSON objects.
+
+    Args:
+        data: the file's text or bytes.
+        source: where ``data`` came from (a path or ``s3://`` URI), named in the error.
+
+    Raises:
+        CorruptFile: ``data`` is not valid JSON or not a JSON object.
+    """
+    # Every reader of the run's records goes through here so that a damaged file (a torn
+    # copy, a hand edit) is one line naming the file instead of a JSONDecodeError traceback.
+    regenerate = "delete it and rerun to regenerate it"
+    try:
+        value = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise CorruptFile(
+            f"{source} is not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg}); "
+            f"{regenerate}"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise CorruptFile(
+            f"{source} is not valid JSON (not UTF-8 text at byte {exc.start}); {regenerate}"
+        ) from None
+    if not isinstance(value, dict):
+        raise CorruptFile(
+            f"{source} is not a JSON object (it holds a {type(value).__name__}); {regenerate}"
+        )
+    return value
+
+
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read one of the run's JSON records (a plan, a batch or merge record, a manifest).
 
     Raises:
         MissingOutput: the file does not exist.
+        CorruptFile: the file is not valid JSON or not a JSON object.
     """
     try:
-        return json.loads(Path(path).read_text())
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise MissingOutput(f"file not found: {path}") from None
+    return parse_json_object(data, path)
 
 
 def file_facts(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -1,6 +1,5 @@
 # Config validation, wildcard constraints and every input function of the workflow.
 # Parsing does no I/O beyond reading config: cluster jobs re-parse this file.
-import json
 import os
 import sys
 
@@ -64,10 +63,15 @@ def get_plan():
     Input functions and params ask for it at least once per job (10,000s of calls). Once
     the checkpoint is done in this process it stays done (Snakemake only ever adds to its
     created outputs), so plan.json is final: look the checkpoint up and read the plan once.
+    The coordinator also checks, once, that the plan is of the input as it is now.
     """
     plan = _PLAN.get("plan")
     if plan is None:
-        plan = _PLAN["plan"] = ox.read_plan_shape(local_plan_file())
+        plan_file = local_plan_file()
+        plan = ox.read_plan_shape(plan_file)
+        if workflow.is_main_process:
+            ox.check_plan_input(plan, RUN, plan_file)
+        _PLAN["plan"] = plan
     return plan
 
 
@@ -148,12 +152,13 @@ def _as_list(value):
 
 # One coordinator per run (see orchestrator_ext/coordinator.py; the profiles set nolock).
 onstart:
-    ox.acquire_coordinator(RUN.run_id)
+    ox.acquire_coordinator(RUN)
+    ox.publish_resolved_config(RUN)
 
 
 onsuccess:
-    ox.release_coordinator(RUN.run_id)
+    ox.release_coordinator(RUN)
 
 
 onerror:
-    ox.release_coordinator(RUN.run_id)
+    ox.release_coordinator(RUN)

@@ -18,12 +18,15 @@ rule process_batch:
         mem_mb=get_mem_mb,
         runtime=get_runtime,
     params:
-        # A change of the job reprocesses every batch (params rerun trigger).
-        job=RUN.raw["job"],
+        # A change of the job reprocesses every batch (params rerun trigger). Its sha256,
+        # not the job itself: Snakemake keeps params in .snakemake/metadata, and
+        # job.params may hold credentials.
+        job=ox.config_sha256(RUN.raw["job"]),
         python=ox.CommandArgument(sys.executable),
-        config=ox.CommandArgument(json.dumps(RUN.raw, sort_keys=True)),
+        # The config travels in a 0600 file, never on the command line (job_config_file).
+        config=lambda wildcards: ox.CommandArgument(ox.job_config_file(RUN)),
     shell:
         "{params.python} -m orchestrator_ext.jobstep process-batch"
         " --batch {wildcards.batch} --batch-file {input.batch:q} --plan-file {input.plan:q}"
         " --result {output.result:q} --record {output.record:q} --log {log:q}"
-        " --config-json {params.config:q}"
+        " --config-file {params.config:q} >> {log:q} 2>&1"

@@ -1,14 +1,35 @@
 """Executor ``orchestrator-local``: Snakemake's local executor, which does not resubmit a
-job whose failure the state store records as permanent, and which makes the S3 storage
-provider forget what it knew about a finished job's outputs (see orchestrator_ext.executor)."""
+job whose failure the state store records as permanent, which records the failure of a job
+killed before it could (a signal, past its runtime), which stops a job past its
+``resources.runtime``, and which makes the S3 storage provider forget what it knew about a
+finished job's outputs (see orchestrator_ext.executor)."""
 
 from snakemake.executors.local import Executor as LocalExecutor
 from snakemake.executors.local import common_settings
 
-from orchestrator_ext.executor import DropsStorageCache, EndsPromptly, PermanentFailureAware
+from orchestrator_ext.configfile_errors import install as _name_bad_config_files
+from orchestrator_ext.executor import (
+    DropsStorageCache,
+    EndsPromptly,
+    EnforcesRuntime,
+    PermanentFailureAware,
+    RecordsLostAttempts,
+)
+
+# Snakemake reads --configfile after importing plugins: name the file and line of a
+# YAML syntax error (orchestrator_ext/configfile_errors.py).
+_name_bad_config_files()
 
 __all__ = ["Executor", "common_settings"]
 
 
-class Executor(EndsPromptly, DropsStorageCache, PermanentFailureAware, LocalExecutor):
-    """Local executor with category-aware resubmission and S3 storage-cache upkeep."""
+class Executor(
+    EndsPromptly,
+    DropsStorageCache,
+    RecordsLostAttempts,  # before PermanentFailureAware: it records what that one reads
+    EnforcesRuntime,
+    PermanentFailureAware,
+    LocalExecutor,
+):
+    """Local executor with category-aware resubmission, lost attempts recorded, runtime
+    enforced, and S3 storage-cache upkeep."""

@@ -101,6 +101,89 @@ def fan_out_item(item: dict[str, Any], ctx: JobContext) -> list[dict[str, Any]] 
     return [{"id": item["id"], "copy": 0}, {"id": item["id"], "copy": 1}]
 
 
+def abort_batch(batch: pl.DataFrame, ctx: JobContext) -> pl.DataFrame:
+    """Crashes the job process with SIGABRT (``os.abort()``), as a bug in native code does:
+    nothing can record the failure from inside."""
+    import os
+
+    os.abort()
+
+
+def sleep_forever(batch: pl.DataFrame, ctx: JobContext) -> pl.DataFrame:
+    """Never returns (a hung job): only a runtime limit stops it."""
+    import time
+
+    while True:
+        time.sleep(3600)
+
+
+#: What ``chatty_batch`` writes, per channel, so a test can look for each.
+CHATTY_MARKERS = {
+    "print": "chatty-print-stdout",
+    "fd": "chatty-fd-1-stdout",
+    "child": "chatty-child-stdout",
+    "stderr": "chatty-print-stderr",
+}
+
+
+def chatty_batch(batch: pl.DataFrame, ctx: JobContext) -> pl.DataFrame:
+    """Doubles like ``double_batch`` after writing 1 MB to stdout with ``print``, plus one
+    line each straight to file descriptor 1 (as C code does), from a child process, and to
+    stderr (``CHATTY_MARKERS``)."""
+    import os
+    import subprocess
+    import sys
+
+    line = CHATTY_MARKERS["print"] + " " + "x" * 1000
+    for _ in range(1024):
+        print(line)
+    os.write(1, (CHATTY_MARKERS["fd"] + "\n").encode())
+    subprocess.run([sys.executable, "-c", f"print({CHATTY_MARKERS['child']!r})"], check=True)
+    print(CHATTY_MARKERS["stderr"], file=sys.stderr)
+    return batch.select(pl.col("id"), (pl.col("value") * 2).alias("doubled"))
+
+
+def typed_batch(batch: pl.DataFrame, ctx: JobContext) -> pl.DataFrame:
+    """Batch mode: ``id`` and ``v`` (``value``) of dtype ``params.dtypes[batch id]``, else
+    ``params.dtype`` (default ``Int64``): a job whose schema drifts between batches."""
+    from orchestrator_ext.config import polars_dtype
+
+    name = ctx.params.get("dtypes", {}).get(ctx.batch_id, ctx.params.get("dtype", "Int64"))
+    return batch.select("id", pl.col("value").cast(polars_dtype(name)).alias("v"))
+
+
+def rows_batch(batch: pl.DataFrame, ctx: JobContext) -> pl.DataFrame:
+    """Batch mode: ``id`` and ``doubled``, with the rows broken as ``params.rows`` says:
+    ``drop_half``, ``duplicate``, ``empty`` (no columns), ``no_rows`` (the columns, no
+    rows), ``extra_id`` (the last id replaced), or anything else: one row per item."""
+    out = batch.select(pl.col("id"), (pl.col("value") * 2).alias("doubled"))
+    how = ctx.params.get("rows")
+    if how == "drop_half":
+        return out.head(out.height // 2)
+    if how == "duplicate":
+        return pl.concat([out, out])
+    if how == "empty":
+        return pl.DataFrame()
+    if how == "no_rows":
+        return out.clear()
+    if how == "extra_id":
+        return out.with_columns(
+            pl.when(pl.int_range(pl.len()) == pl.len() - 1)
+            .then(pl.col("id") + 100_000)
+            .otherwise(pl.col("id"))
+            .alias("id")
+        )
+    return out
+
+
+def mixed_item(item: dict[str, Any], ctx: JobContext) -> dict[str, Any] | None:
+    """Item mode: ``v`` is the id (an int) for odd ids and its text for even ones; with
+    ``params.none`` every item returns no row."""
+    if ctx.params.get("none"):
+        return None
+    return {"id": item["id"], "v": item["id"] if item["id"] % 2 else str(item["id"])}
+
+
 def run_in_process(config: RunConfig, store: StateStore) -> dict[str, Any]:
     """Drive a whole run stage by stage in this process, as the workflow's rules do.
 

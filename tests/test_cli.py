@@ -16,6 +16,7 @@ from orchestrator_ext.config import load_config
 from orchestrator_ext.errors import OrchestratorError
 from orchestrator_ext.layout import RunLayout
 from orchestrator_ext.state.sqlite import SqliteStateStore
+from orchestrator_ext.storage import sha256_file
 
 try:
     import jobs_for_tests as jobs
@@ -134,6 +135,84 @@ class TestManifestVerify:
         assert main(["manifest", "verify", "--configfile", str(configfile)]) == EXIT_USER_ERROR
         assert "manifest.json" in _one_error_line(capsys)
 
+    @pytest.mark.parametrize(
+        ("garbage", "reason"),
+        [('{"manifest_version": 1,', "is not valid JSON (line 1 column 24: "),
+         ("[]", "is not a JSON object (it holds a list)")],
+    )  # fmt: skip
+    def test_garbage_manifest_is_one_line(
+        self, finished: Path, tmp_path: Path, capsys, garbage: str, reason: str
+    ) -> None:
+        manifest = Path(RunLayout(str(tmp_path / "out" / "r")).manifest)
+        manifest.write_text(garbage)
+        assert main(["manifest", "verify", "--configfile", str(finished)]) == EXIT_USER_ERROR
+        line = _one_error_line(capsys)
+        assert line.startswith(f"orchestrator: error: {manifest} {reason}")
+        assert line.endswith("delete it and rerun to regenerate it")
+
+    def test_rewritten_checksum_is_found_against_the_state_store(
+        self, finished: Path, tmp_path: Path, capsys
+    ) -> None:
+        layout = RunLayout(str(tmp_path / "out" / "r"))
+        data = bytearray(Path(layout.final).read_bytes())
+        data[len(data) // 2] ^= 0x01
+        Path(layout.final).write_bytes(bytes(data))
+        manifest = json.loads(Path(layout.manifest).read_text())
+        manifest["final"]["sha256"] = sha256_file(layout.final)
+        Path(layout.manifest).write_text(json.dumps(manifest))
+        code = main(["manifest", "verify", "--configfile", str(finished)])
+        assert code == EXIT_VERIFY_FAILED
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 2, err
+        assert err[0].startswith(
+            f"state store mismatch: {layout.manifest} (manifest, task manifest)"
+        )
+        assert err[1].startswith(f"state store mismatch: {layout.final} (final result, task final)")
+
+    def test_dropped_batch_json(self, finished: Path, tmp_path: Path, capsys) -> None:
+        layout = RunLayout(str(tmp_path / "out" / "r"))
+        manifest = json.loads(Path(layout.manifest).read_text())
+        gone = manifest["batches"].pop()
+        manifest["items_in"] -= gone["items"]
+        manifest["items_processed"] -= gone["items_processed"]
+        Path(layout.manifest).write_text(json.dumps(manifest))
+        code = main(["manifest", "verify", "--json", "--configfile", str(finished)])
+        assert code == EXIT_VERIFY_FAILED
+        report = json.loads(capsys.readouterr().out)
+        assert report["ok"] is False
+        assert (
+            f"conservation: {layout.manifest}: batch 00002 of the plan {layout.plan} is not listed"
+        ) in report["problems"]
+        assert (
+            f"conservation: {layout.manifest}: items_in is 10 but the plan {layout.plan} has 12 "
+            "items"
+        ) in report["problems"]
+
+    def test_no_state_store_is_a_problem_not_ok(
+        self, finished: Path, tmp_path: Path, capsys
+    ) -> None:
+        layout = RunLayout(str(tmp_path / "out" / "r"))
+        Path(layout.state_db).unlink()
+        code = main(["manifest", "verify", "--configfile", str(finished)])
+        assert code == EXIT_VERIFY_FAILED
+        assert capsys.readouterr().err == (
+            f"cannot cross-check against the state store: no state store at {layout.state_db}: "
+            "the run has not started (or ran elsewhere)\n"
+        )
+
+
+class TestCorruptPlan:
+    def test_cost_with_garbage_plan(self, configfile: Path, capsys) -> None:
+        config = load_config(yaml.safe_load(configfile.read_text()))
+        plan = Path(RunLayout(config.run_dir).plan)
+        plan.parent.mkdir(parents=True)
+        plan.write_bytes(b"\x00garbage")
+        code = main(["cost", "--source", "plan", "--configfile", str(configfile)])
+        assert code == EXIT_USER_ERROR
+        line = _one_error_line(capsys)
+        assert f"{plan} is not valid JSON (line 1 column 1: " in line
+        assert line.endswith("delete it and rerun to regenerate it")
+
 
 class TestConfigErrors:
     def test_missing_config_file(self, tmp_path: Path, capsys) -> None:
@@ -142,7 +221,7 @@ class TestConfigErrors:
         assert _one_error_line(capsys) == f"orchestrator: error: config file not found: {missing}"
 
     def test_invalid_config_value(self, configfile: Path, capsys) -> None:
-        code = main(["status", "--configfile", str(configfile), "--config", "merge.fan_in=1"])
+        code = main(["status", "--configfile", str(configfile), "--config", "merge={fan_in: 1}"])
         assert code == EXIT_USER_ERROR
         assert "merge/fan_in" in _one_error_line(capsys)
 
@@ -158,24 +237,40 @@ class TestConfigErrors:
 
 
 class TestParseOverrides:
-    def test_dotted_and_typed(self) -> None:
-        assert parse_overrides(
-            ["run_id=x", "batching.max_items=5", "batching.max_bytes=null", "job.params.a.b=[1, 2]"]
-        ) == {
-            "run_id": "x",
-            "batching": {"max_items": 5, "max_bytes": None},
-            "job": {"params": {"a": {"b": [1, 2]}}},
-        }
+    # Every form of --config a user might type; Snakemake's own parser is the reference.
+    FORMS = [
+        "run_id=x", "output_root=/tmp/a=b", "batching={max_items: 5}", "flag=True",
+        "ratio=0.25", "big=1e3", "empty=", "quoted='q'", "listed=[1, 2]", "nul=null",
+        "hex=0x1f", "job={params: {k: 1, s: text}}",
+    ]  # fmt: skip
 
-    def test_value_may_contain_equals(self) -> None:
-        assert parse_overrides(["input.uri=a=b.csv"]) == {"input": {"uri": "a=b.csv"}}
+    @pytest.mark.parametrize("form", FORMS)
+    def test_parses_as_snakemake_does(self, form: str) -> None:
+        from snakemake.cli import parse_config
+
+        assert parse_overrides([form]) == parse_config([form])
+
+    def test_later_entries_update_earlier_ones_recursively(self) -> None:
+        from snakemake.cli import parse_config
+
+        forms = ["job={params: {a: 1}}", "job={params: {b: 2}}", "run_id=x", "run_id=y"]
+        assert parse_overrides(forms) == parse_config(forms)
+        assert parse_overrides(forms) == {"job": {"params": {"a": "1", "b": "2"}}, "run_id": "y"}
 
     def test_empty(self) -> None:
         assert parse_overrides([]) == {}
 
-    @pytest.mark.parametrize("pair", ["no_equals", "=value"])
-    def test_malformed(self, pair: str) -> None:
+    def test_malformed(self) -> None:
         with pytest.raises(OrchestratorError, match="--config expects KEY=VALUE"):
+            parse_overrides(["no_equals"])
+
+    @pytest.mark.parametrize("pair", ["=value", "batching.max_items=5", "x=1"])
+    def test_key_must_be_a_name_as_in_snakemake(self, pair: str) -> None:
+        from snakemake.cli import parse_config
+
+        with pytest.raises(ValueError):
+            parse_config([pair])
+        with pytest.raises(OrchestratorError, match="the key must be a name"):
             parse_overrides([pair])
 
 
@@ -185,3 +280,106 @@ class TestParser:
             main([])
         assert info.value.code == 2
         assert "required" in capsys.readouterr().err
+
+
+class TestRunFolder:
+    """``orchestrator CMD RUN_DIR`` reads the config the run wrote into its folder."""
+
+    def test_status_by_folder_equals_status_by_configfile(
+        self, configfile: Path, store_with_tasks, capsys
+    ) -> None:
+        from orchestrator_ext.config import publish_resolved_config
+
+        config = load_config(yaml.safe_load(configfile.read_text()))
+        publish_resolved_config(config)
+        assert main(["status", "--json", "--configfile", str(configfile)]) == 0
+        by_file = json.loads(capsys.readouterr().out)
+        assert main(["status", config.run_dir, "--json"]) == 0
+        by_folder = json.loads(capsys.readouterr().out)
+        assert by_folder["run_id"] == by_file["run_id"] == "r"
+        assert by_folder["by_status"] == by_file["by_status"]
+
+    def test_a_folder_without_config_json_is_one_line(self, tmp_path: Path, capsys) -> None:
+        assert main(["status", str(tmp_path)]) == EXIT_USER_ERROR
+        assert "is not a run folder" in _one_error_line(capsys)
+
+    def test_folder_and_configfile_together_are_refused(self, configfile: Path, capsys) -> None:
+        assert main(["status", "somewhere", "--configfile", str(configfile)]) == EXIT_USER_ERROR
+        assert "either by its folder or by --configfile" in _one_error_line(capsys)
+
+    def test_a_changed_config_json_is_refused(self, configfile: Path, capsys) -> None:
+        from orchestrator_ext.config import publish_resolved_config
+
+        config = load_config(yaml.safe_load(configfile.read_text()))
+        path = Path(publish_resolved_config(config))
+        document = json.loads(path.read_text())
+        document["config"]["run_id"] = "other"
+        path.write_text(json.dumps(document))
+        assert main(["status", config.run_dir]) == EXIT_USER_ERROR
+        assert "was changed after the run wrote it" in _one_error_line(capsys)
+
+    def test_kill_batches_with_a_name_key_is_one_line(
+        self, tmp_path: Path, make_config: Callable[..., dict[str, Any]], capsys
+    ) -> None:
+        path = tmp_path / "faulty.yaml"
+        path.write_text(yaml.safe_dump(make_config(faults={"kill_batches": {"abc": 5}})))
+        assert main(["status", "--configfile", str(path)]) == EXIT_USER_ERROR
+        assert "faults/kill_batches" in _one_error_line(capsys)
+
+
+class TestRichMarkupInData:
+    """Text from the state store and the dead-letter files is printed as is, never as markup."""
+
+    MESSAGE = "bad [/bold] [red]x[/red]"
+
+    @pytest.fixture
+    def marked_up_run(self, configfile: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+        monkeypatch.setenv("COLUMNS", "300")  # one table row per line, nothing folded
+        config = load_config(yaml.safe_load(configfile.read_text()))
+        store = SqliteStateStore(RunLayout(config.run_dir).state_db, config.run_id)
+        store.ensure_tasks(["batch-00000", "batch-00001", "manifest"])
+        lease = store.begin_attempt("batch-00000", host="[bold]n1", slurm_job_id="[/]7")
+        store.fail(lease, "permanent", "ValueError", self.MESSAGE, retryable=False)
+        store.begin_attempt("batch-00001", host="[/bold]n2", slurm_job_id="[red]8")
+        store.close()
+        dead = Path(RunLayout(config.run_dir).dead_letter(1))
+        dead.parent.mkdir(parents=True, exist_ok=True)
+        pl.DataFrame(
+            {"id": ["[i]42"], "category": ["permanent"], "error_type": ["PermanentError"],
+             "message": [f"PermanentError: {self.MESSAGE}"], "attempt": [1]}
+        ).write_parquet(dead)  # fmt: skip
+        return configfile
+
+    def test_errors_prints_messages_ids_and_hosts_verbatim(
+        self, marked_up_run: Path, capsys
+    ) -> None:
+        assert main(["errors", "--configfile", str(marked_up_run)]) == 0
+        out = capsys.readouterr().out
+        assert f"ValueError: {self.MESSAGE}" in out
+        assert "[/]7" in out
+        assert f"PermanentError: {self.MESSAGE}" in out
+        assert "[i]42" in out
+
+    def test_status_prints_hosts_and_job_ids_verbatim(self, marked_up_run: Path, capsys) -> None:
+        assert main(["status", "--configfile", str(marked_up_run)]) == 0
+        out = capsys.readouterr().out
+        assert "[/bold]n2" in out and "[red]8" in out
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path, make_config) -> None:
+    import subprocess
+
+    from conftest import ORCHESTRATOR
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(make_config(run_id="piped")))
+    config = load_config(yaml.safe_load(path.read_text()))
+    store = SqliteStateStore(RunLayout(config.run_dir).state_db, config.run_id)
+    store.ensure_tasks([f"batch-{i:05d}" for i in range(3000)])
+    store.close()
+    result = subprocess.run(
+        f"{ORCHESTRATOR} audit --configfile {path} | head -1", shell=True,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.stdout.startswith("run piped: 3000 transitions")
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -119,10 +120,52 @@ class TestLoadConfigErrors:
         message = _error(make_config(tolerance={"max_dead_letter_fraction": 1.5}))
         assert "tolerance/max_dead_letter_fraction" in message
 
-    def test_missing_required_key(self) -> None:
+    @pytest.mark.parametrize("key", ["run_id", "input", "job"])
+    def test_missing_required_key(self, key: str) -> None:
         raw = copy.deepcopy(MINIMAL)
-        del raw["job"]
-        assert "'job' is a required property" in _error(raw)
+        del raw[key]
+        assert f"required key '{key}' is missing" in _error(raw)
+
+    def test_missing_nested_required_key_is_named_with_its_parent(self) -> None:
+        raw = copy.deepcopy(MINIMAL)
+        del raw["input"]["format"]
+        assert "required key 'input.format' is missing" in _error(raw)
+
+    @pytest.mark.parametrize("value", [1e30, 10.0, True])
+    def test_an_integer_key_refuses_floats_and_booleans(self, make_config, value) -> None:
+        # JSON Schema counts 1e30 and 10.0 as integers; the partition then failed with a
+        # TypeError (issue 11).
+        message = _error(make_config(batching={"max_items": value}))
+        assert "batching/max_items" in message
+        assert "is not of type 'integer'" in message
+
+    def test_max_items_has_a_ceiling(self, make_config) -> None:
+        assert "batching/max_items" in _error(make_config(batching={"max_items": 10**30}))
+
+    def test_kill_batches_keys_must_be_batch_numbers(self, make_config) -> None:
+        message = _error(make_config(faults={"kill_batches": {"abc": 5}}))
+        assert "faults/kill_batches" in message
+        assert "'abc'" in message
+
+    def test_kill_batches_with_number_keys_is_fine(self, make_config) -> None:
+        config = load_config(make_config(faults={"kill_batches": {"2": 500, 3: 1}}))
+        assert config.faults.kill_batches == {2: 500, 3: 1}
+
+    def test_output_root_that_is_a_file(self, make_config, tmp_path) -> None:
+        target = tmp_path / "a-file"
+        target.write_text("x")
+        message = _error(make_config(output_root=str(target)))
+        assert f"output_root {str(target)!r} is a file" in message
+
+    def test_output_root_under_a_file(self, make_config, tmp_path) -> None:
+        target = tmp_path / "a-file"
+        target.write_text("x")
+        message = _error(make_config(output_root=str(target / "runs")))
+        assert f"lies under {str(target)!r}, which is a file" in message
+
+    def test_output_root_that_does_not_exist_yet_is_fine(self, make_config, tmp_path) -> None:
+        config = load_config(make_config(output_root=str(tmp_path / "new" / "runs")))
+        assert config.output_root.endswith("new/runs")
 
     def test_bad_run_id(self, make_config) -> None:
         assert "run_id" in _error(make_config(run_id="has space"))
@@ -237,3 +280,102 @@ class TestConfigSha256:
         implicit = load_config(copy.deepcopy(MINIMAL))
         explicit = load_config({**copy.deepcopy(MINIMAL), "merge": {"fan_in": 16}})
         assert implicit.sha256 == explicit.sha256
+
+
+class TestResolvedConfig:
+    def test_round_trip_keeps_config_and_sha256(self, make_config) -> None:
+        from orchestrator_ext.config import publish_resolved_config, read_resolved_config
+
+        config = load_config(make_config(job={"params": {"factor": 3}}))
+        path = Path(publish_resolved_config(config))
+        assert path == Path(config.run_dir) / "config.json"
+        document = json.loads(path.read_text())
+        assert document["sha256"] == config.sha256
+        assert document["config"] == config.raw
+        again = read_resolved_config(config.run_dir)
+        assert again == config
+        assert again.raw == config.raw
+
+    def test_a_tampered_file_is_refused(self, make_config) -> None:
+        from orchestrator_ext.config import publish_resolved_config, read_resolved_config
+
+        config = load_config(make_config())
+        path = Path(publish_resolved_config(config))
+        document = json.loads(path.read_text())
+        document["config"]["batching"]["max_items"] = 7
+        path.write_text(json.dumps(document))
+        with pytest.raises(ConfigError, match="was changed after the run wrote it"):
+            read_resolved_config(config.run_dir)
+
+    def test_not_a_run_folder(self, tmp_path) -> None:
+        from orchestrator_ext.config import read_resolved_config
+
+        with pytest.raises(ConfigError, match="is not a run folder"):
+            read_resolved_config(str(tmp_path))
+
+
+class TestOutputContractConfig:
+    """``job.output_schema`` and ``job.rows``: the run's output contract."""
+
+    def test_defaults(self) -> None:
+        job = load_config(copy.deepcopy(MINIMAL)).job
+        assert (job.output_schema, job.rows) == (None, "any")
+
+    def test_dtype_names_are_parsed_to_their_canonical_spelling(self) -> None:
+        raw = copy.deepcopy(MINIMAL)
+        raw["job"]["output_schema"] = {
+            "id": "Int64", "v": "Utf8", "t": "Datetime(us)", "tz": "Datetime(ns, UTC)",
+            "tags": " List( String ) ", "d": "Decimal(10, 2)", "ok": "Boolean", "day": "Date",
+        }  # fmt: skip
+        raw["job"]["rows"] = "per_item"
+        job = load_config(raw).job
+        assert job.rows == "per_item"
+        assert job.output_schema == {
+            "id": "Int64", "v": "String", "t": "Datetime", "tz": "Datetime(ns, UTC)",
+            "tags": "List(String)", "d": "Decimal(10, 2)", "ok": "Boolean", "day": "Date",
+        }  # fmt: skip
+        assert list(job.output_schema) == list(raw["job"]["output_schema"]), "declared order"
+        assert run_config_from(load_config(raw).raw) == load_config(raw)
+
+    @pytest.mark.parametrize(
+        "name",
+        ["Int64", "UInt8", "Float32", "String", "Boolean", "Date", "Time", "Binary", "Null",
+         "Datetime", "Datetime(ms)", "Datetime(us, Europe/Berlin)", "Duration", "Duration(ns)",
+         "Decimal(38, 4)", "List(String)", "List(List(Datetime(ns)))"],
+    )  # fmt: skip
+    def test_the_polars_dtype_of_a_name_has_that_name(self, name: str) -> None:
+        from orchestrator_ext.config import canonical_dtype, polars_dtype
+        from orchestrator_ext.process import dtype_name
+
+        assert dtype_name(polars_dtype(name)) == canonical_dtype(name) == name
+
+    @pytest.mark.parametrize("bad", ["Int65", "int64", "List()", "List(String", "Datetime(s)",
+                                     "Struct", "Decimal(10)"])  # fmt: skip
+    def test_a_bad_dtype_name_is_one_line(self, bad: str) -> None:
+        raw = copy.deepcopy(MINIMAL)
+        raw["job"]["output_schema"] = {"id": "Int64", "v": bad}
+        message = _error(raw)
+        assert message.startswith("invalid config at 'job/output_schema/v': ")
+        assert repr(bad) in message and "expected a polars dtype name: Boolean, Int8," in message
+
+    def test_an_empty_schema_is_refused(self) -> None:
+        raw = copy.deepcopy(MINIMAL)
+        raw["job"]["output_schema"] = {}
+        assert _error(raw).startswith(
+            "invalid config at 'job/output_schema': {} should be non-empty"
+        )
+
+    def test_an_unknown_rows_value_is_refused(self) -> None:
+        raw = copy.deepcopy(MINIMAL)
+        raw["job"]["rows"] = "per_row"
+        assert _error(raw) == (
+            "invalid config at 'job/rows': 'per_row' is not one of ['any', 'per_item']"
+        )
+
+    def test_per_item_needs_the_id_column_in_a_declared_schema(self) -> None:
+        raw = copy.deepcopy(MINIMAL)
+        raw["job"].update(rows="per_item", output_schema={"v": "Int64"})
+        assert _error(raw) == (
+            "invalid config: job.rows is 'per_item' but job.output_schema has no column 'id' "
+            "(input.id_column): every output row carries its item's id"
+        )

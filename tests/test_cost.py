@@ -145,6 +145,41 @@ class TestWorkloads:
         units = cost.dynamodb_units(workload)
         assert units["write_units"] == 2 * 14 + 4 * (len(transitions) - 14)
 
+    def test_a_killed_attempt_of_a_finished_run_ends_with_the_run(self, make_config) -> None:
+        from datetime import UTC, datetime, timedelta
+
+        from orchestrator_ext.state import TaskRecord, TaskStatus, Transition
+
+        t0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+        def at(seconds: float) -> str:
+            return (t0 + timedelta(seconds=seconds)).isoformat()
+
+        def step(task: str, to: str, attempt: int, seconds: float) -> Transition:
+            return Transition(task, None, to, attempt, at(seconds))
+
+        # Attempt 1 of the batch was killed without a record; attempt 2 ran 2 s, the
+        # manifest 1 s, and the run ended at 5 s.
+        transitions = [
+            step("batch-00000", "RUNNING", 1, 0), step("batch-00000", "RUNNING", 2, 1),
+            step("batch-00000", "SUCCEEDED", 2, 3), step("manifest", "RUNNING", 1, 4),
+            step("manifest", "SUCCEEDED", 1, 5),
+        ]  # fmt: skip
+        tasks = [
+            TaskRecord("batch-00000", TaskStatus.SUCCEEDED, 2, kind="batch", items=10),
+            TaskRecord("manifest", TaskStatus.SUCCEEDED, 1, kind="manifest"),
+        ]
+        config = load_config(make_config())
+        an_hour_later = t0 + timedelta(hours=1)
+        workload = cost.build_workload_from_store(config, tasks, transitions, now=an_hour_later)
+        assert workload.core_seconds == pytest.approx(5 + 2 + 1)
+        # Still running, the killed attempt may yet be running: it counts up to now.
+        tasks[-1].status = TaskStatus.RUNNING
+        running = cost.build_workload_from_store(
+            config, tasks, transitions[:-1], now=t0 + timedelta(seconds=10)
+        )
+        assert running.core_seconds == pytest.approx(10 + 2 + 6)
+
     def test_from_an_empty_store(self, finished) -> None:
         _, config = finished
         with pytest.raises(cost.CostError, match="no batches yet"):
@@ -196,6 +231,14 @@ class TestCostCommand:
         assert main(["cost", "--source", "plan", "--configfile", str(configfile)]) == 0
         out = capsys.readouterr().out
         assert "estimated cost (from the plan)" in out and "core-hours" in out
+
+    def test_currency_is_printed_as_is_not_as_markup(self, finished, tmp_path, capsys) -> None:
+        configfile, _ = finished
+        prices = tmp_path / "p.yaml"
+        prices.write_text("currency: '[/bold]EUR'\n")
+        args = ["cost", "--source", "plan", "--prices", str(prices)]
+        assert main([*args, "--configfile", str(configfile)]) == 0
+        assert "cost ([/bold]EUR)" in capsys.readouterr().out
 
     def test_bad_price_file_is_one_line(self, finished, tmp_path, capsys) -> None:
         configfile, _ = finished

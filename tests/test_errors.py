@@ -16,6 +16,8 @@ from orchestrator_ext.errors import (
     classify_exit_code,
     classify_slurm_state,
     describe,
+    describe_exit_code,
+    exit_signal,
 )
 
 
@@ -118,3 +120,24 @@ class TestClassifyExitCode:
     @pytest.mark.parametrize("code", [None, 0, 1, 2])
     def test_other_codes_say_nothing(self, code: int | None) -> None:
         assert classify_exit_code(code) is None
+
+    @pytest.mark.parametrize("code", [-9, -15, -24, 124])
+    def test_killed_from_outside_or_timed_out_is_resource(self, code: int) -> None:
+        assert classify_exit_code(code) is Category.RESOURCE
+
+    @pytest.mark.parametrize("code", [-11, 139, -6, 134, -7, -8, -4])
+    def test_a_crash_is_permanent(self, code: int) -> None:
+        # SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL, from subprocess (negative) or a shell.
+        assert classify_exit_code(code) is Category.PERMANENT
+
+    @pytest.mark.parametrize("code", [-1, 129, -2])
+    def test_a_hang_up_or_interrupt_is_transient(self, code: int) -> None:
+        assert classify_exit_code(code) is Category.TRANSIENT
+
+    def test_signal_of_an_exit_code(self) -> None:
+        assert exit_signal(-11) is exit_signal(139) is exit_signal(11 + 128)
+        assert exit_signal(-11).name == "SIGSEGV"
+        assert exit_signal(1) is exit_signal(128) is exit_signal(None) is None
+        assert describe_exit_code(-11) == "killed by SIGSEGV (exit -11)"
+        assert describe_exit_code(137) == "killed by SIGKILL (exit 137)"
+        assert describe_exit_code(3) == "exited with status 3"

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from orchestrator_ext.config import JobSpec
 from orchestrator_ext.errors import JobLoadError, PermanentError
 from orchestrator_ext.example_data import make_records
-from orchestrator_ext.job import JobContext, code_version, job_context, load_callable
+from orchestrator_ext.job import (
+    JobContext,
+    code_version,
+    job_context,
+    load_callable,
+    resolve_job,
+)
 from orchestrator_ext.jobs import checksum, grouped_stats, hash_chain, text_metrics, word_count
 
 
@@ -180,17 +189,130 @@ class TestLoadCallable:
             load_callable(reference)
 
     def test_missing_module(self) -> None:
-        with pytest.raises(JobLoadError, match="job.function: cannot import module 'no_such_pkg"):
+        with pytest.raises(JobLoadError) as info:
             load_callable("no_such_pkg.mod:fn")
+        message = str(info.value)
+        assert message.startswith(
+            "job.function 'no_such_pkg.mod:fn': cannot import module 'no_such_pkg.mod': "
+            "no module named 'no_such_pkg' on the Python path or in the working directory "
+        )
+        assert "\n" not in message
+
+    def test_missing_submodule(self) -> None:
+        with pytest.raises(JobLoadError, match="no module named 'orchestrator_ext.nope'"):
+            load_callable("orchestrator_ext.nope:fn")
 
     def test_missing_attribute(self) -> None:
-        with pytest.raises(JobLoadError, match="job.combine: module 'math' has no callable 'nope'"):
+        with pytest.raises(
+            JobLoadError,
+            match=r"^job.combine 'math:nope': module 'math' has no attribute 'nope'; correct",
+        ):
             load_callable("math:nope", "job.combine")
 
     def test_not_callable(self) -> None:
         assert not callable(math.pi)
-        with pytest.raises(JobLoadError, match="no callable 'pi'"):
+        with pytest.raises(
+            JobLoadError, match=r"'pi' in module 'math' is a float, not a callable; name a function"
+        ):
             load_callable("math:pi")
+
+    @pytest.mark.parametrize(
+        ("source", "reason"),
+        [
+            ("raise RuntimeError('no licence\\nfile')\n", "RuntimeError: no licence file"),
+            ("x = undefined_name\n", "NameError: name 'undefined_name' is not defined"),
+            ("def f(:\n    pass\n", "SyntaxError: "),
+            ("import sys\nsys.exit(3)\n", "SystemExit: 3"),
+            ("import no_such_dependency_xyz\n", "ModuleNotFoundError: No module named"),
+        ],
+    )
+    def test_module_that_raises_at_import(
+        self, user_module: Callable[[str, str], str], source: str, reason: str
+    ) -> None:
+        name = user_module("broken", source)
+        with pytest.raises(JobLoadError) as info:
+            load_callable(f"{name}:fn")
+        message = str(info.value)
+        assert message.startswith(
+            f"job.function '{name}:fn': importing module '{name}' failed: {reason}"
+        )
+        assert "\n" not in message
+        assert name not in sys.modules
+
+    def test_module_in_working_directory(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # As in a Snakemake script: job, whose sys.path[0] is .snakemake/scripts.
+        monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".")])
+        monkeypatch.delitem(sys.modules, "mylab_jobs_cwd", raising=False)
+        (tmp_path / "mylab_jobs_cwd.py").write_text("def run(batch, ctx):\n    return batch\n")
+        monkeypatch.chdir(tmp_path)
+        fn = load_callable("mylab_jobs_cwd:run")
+        assert fn.__module__ == "mylab_jobs_cwd"
+        assert str(tmp_path) in sys.path
+        sys.modules.pop("mylab_jobs_cwd", None)
+
+    def test_working_directory_not_added_when_it_does_not_help(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".")])
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(JobLoadError, match="no module named 'absent_here'"):
+            load_callable("absent_here:run")
+        assert str(tmp_path) not in sys.path
+
+
+@pytest.fixture
+def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str, str], str]:
+    """Factory: write a module with this source on sys.path; returns its (unique) name."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def make(stem: str, source: str) -> str:
+        name = f"{stem}_{tmp_path.name}".replace("-", "_")
+        (tmp_path / f"{name}.py").write_text(source)
+        return name
+
+    return make
+
+
+class TestResolveJob:
+    def test_resolves_every_callable(self) -> None:
+        resolved = resolve_job(
+            JobSpec(
+                function="orchestrator_ext.jobs.grouped_stats:partial",
+                combine="orchestrator_ext.jobs.grouped_stats:combine",
+                finalize="orchestrator_ext.jobs.grouped_stats:finalize",
+            )
+        )
+        assert resolved.function is grouped_stats.partial
+        assert resolved.combine is grouped_stats.combine
+        assert resolved.finalize is grouped_stats.finalize
+
+    def test_without_combine_and_finalize(self) -> None:
+        resolved = resolve_job(JobSpec(function="orchestrator_ext.jobs.word_count:count_words"))
+        assert (resolved.combine, resolved.finalize) == (None, None)
+
+    def test_function_missing(self) -> None:
+        with pytest.raises(JobLoadError, match=r"^job.function 'no_such_pkg:fn': cannot import"):
+            resolve_job(JobSpec(function="no_such_pkg:fn"))
+
+    def test_combine_missing(self) -> None:
+        spec = JobSpec(function="orchestrator_ext.jobs.grouped_stats:partial", combine="math:nope")
+        with pytest.raises(
+            JobLoadError, match=r"^job.combine 'math:nope': module 'math' has no attribute 'nope'"
+        ):
+            resolve_job(spec)
+
+    def test_finalize_missing(self) -> None:
+        spec = JobSpec(
+            function="orchestrator_ext.jobs.grouped_stats:partial",
+            combine="orchestrator_ext.jobs.grouped_stats:combine",
+            finalize="no_such_pkg.post:finalize",
+        )
+        with pytest.raises(
+            JobLoadError, match=r"^job.finalize 'no_such_pkg.post:finalize': cannot import module"
+        ):
+            resolve_job(spec)
 
 
 class TestJobContext:

@@ -121,6 +121,36 @@ class TestConcatStream:
                 [str(tmp_path / "0.parquet"), str(tmp_path / "1.parquet")], tmp_path / "out.parquet"
             )
 
+    @pytest.mark.parametrize(
+        ("values", "name"), [(["5"], "String"), ([2.0], "Float64"), ([2], "Int32")]
+    )
+    def test_a_child_of_another_type_is_refused_not_cast(
+        self, tmp_path: Path, values: list[Any], name: str
+    ) -> None:
+        # Bug 1: "5", 2.0 and Int32 2 were cast to the first child's Int64 without a word.
+        pl.DataFrame({"a": [1]}).write_parquet(tmp_path / "0.parquet")
+        dtype = pl.Int32 if name == "Int32" else None
+        pl.DataFrame({"a": values}, schema={"a": dtype} if dtype else None).write_parquet(
+            tmp_path / "1.parquet"
+        )
+        out = tmp_path / "out.parquet"
+        with pytest.raises(SchemaMismatch) as info:
+            concat_stream([str(tmp_path / "0.parquet"), str(tmp_path / "1.parquet")], out)
+        assert str(info.value) == (
+            f"cannot concat {tmp_path / '1.parquet'}: column types differ: 'a' is {name} "
+            f"there but Int64 in {tmp_path / '0.parquet'}; merges never cast: every batch "
+            "must return the run's output schema"
+        )
+        assert not out.exists() or pl.read_parquet(out).height == 0
+
+    def test_an_empty_child_of_another_type_is_refused_too(self, tmp_path: Path) -> None:
+        pl.DataFrame({"a": [1]}).write_parquet(tmp_path / "0.parquet")
+        pl.DataFrame(schema={"a": pl.String}).write_parquet(tmp_path / "1.parquet")
+        with pytest.raises(SchemaMismatch, match="'a' is String there but Int64"):
+            concat_stream(
+                [str(tmp_path / "0.parquet"), str(tmp_path / "1.parquet")], tmp_path / "out.parquet"
+            )
+
     def test_incompatible_types(self, tmp_path: Path) -> None:
         pl.DataFrame({"a": [1]}).write_parquet(tmp_path / "0.parquet")
         pl.DataFrame({"a": ["not a number"]}).write_parquet(tmp_path / "1.parquet")
@@ -236,3 +266,45 @@ class TestMergeNode:
         merge_node(config, store, "merge-L1-part-00000", 1, 0, kids, str(out),
                    str(tmp_path / "inner.json"), False)  # fmt: skip
         assert pl.read_parquet(out).get_column("count").sum() == 50
+
+    def test_reduce_children_of_other_types_are_refused(
+        self, tmp_path: Path, store, merge_config
+    ) -> None:
+        # Bug 1: diagonal_relaxed made a String (or Float64) column of the children's types.
+        config = merge_config()
+        frame = make_records(50, seed=1).select("id", "group", "value")
+        partial = grouped_stats.partial(frame, CTX)
+        kids = [
+            write_child(tmp_path, "b0", partial),
+            write_child(tmp_path, "b1", partial.with_columns(pl.col("sum").cast(pl.Float64))),
+        ]
+        out = tmp_path / "inner.parquet"
+        with pytest.raises(
+            SchemaMismatch,
+            match=r"^cannot reduce .*b1\.parquet: column types differ: 'sum' is Float64 there "
+            r"but Int64 in .*b0\.parquet; merges never cast",
+        ):
+            merge_node(config, store, "merge-L1-part-00000", 1, 0, kids, str(out),
+                       str(tmp_path / "inner.json"), False)  # fmt: skip
+        assert not out.exists()
+        assert store.get("merge-L1-part-00000").status is TaskStatus.DEAD
+
+    def test_a_combine_changing_the_schema_is_refused(
+        self, tmp_path: Path, store, merge_config
+    ) -> None:
+        config = merge_config(job={"combine": f"{__name__}:_widening_combine"})
+        frame = make_records(50, seed=1).select("id", "group", "value")
+        kids = [write_child(tmp_path, "b0", grouped_stats.partial(frame, CTX))]
+        out = tmp_path / "inner.parquet"
+        with pytest.raises(
+            SchemaMismatch,
+            match=r"^merge merge-L1-part-00000: job.combine returned another schema than its "
+            r"input \(column 'count' is Float64, its input has Int64\)",
+        ):
+            merge_node(config, store, "merge-L1-part-00000", 1, 0, kids, str(out),
+                       str(tmp_path / "inner.json"), False)  # fmt: skip
+
+
+def _widening_combine(partials: pl.DataFrame, ctx: JobContext) -> pl.DataFrame:
+    """grouped_stats' combine, but its counts come out Float64."""
+    return grouped_stats.combine(partials, ctx).with_columns(pl.col("count").cast(pl.Float64))

@@ -94,7 +94,8 @@ class TestReadItems:
         {"parquet": frame.write_parquet, "csv": frame.write_csv, "jsonl": frame.write_ndjson}[fmt](
             path
         )
-        items, listing = read_items(InputSpec(uri=str(path), format=fmt))
+        # CSV ids are read as text unless id_type says integer (TestReadItemsIdType).
+        items, listing = read_items(InputSpec(uri=str(path), format=fmt, id_type="integer"))
         assert items.equals(frame)
         assert listing == [{"path": str(path), "bytes": path.stat().st_size}]
 
@@ -134,9 +135,149 @@ class TestReadItems:
             read_items(InputSpec(uri=str(tmp_path / "*.parquet"), format="parquet"))
 
 
+class TestReadItemsIdType:
+    def test_csv_ids_keep_their_leading_zeros(self, tmp_path: Path) -> None:
+        path = tmp_path / "items.csv"
+        path.write_text("id,v\n00123,1\n0456,2\n")
+        items, _ = read_items(InputSpec(uri=str(path), format="csv"))
+        assert items.get_column("id").to_list() == ["00123", "0456"]
+        assert items.schema == pl.Schema({"id": pl.String, "v": pl.Int64}), "others inferred"
+
+    def test_csv_ids_differing_in_leading_zeros_are_distinct(self, tmp_path: Path) -> None:
+        path = tmp_path / "items.csv"
+        path.write_text("id,v\n001,1\n01,2\n1,3\n")
+        items, _ = read_items(InputSpec(uri=str(path), format="csv"))
+        assert items.get_column("id").to_list() == ["001", "01", "1"]
+
+    def test_integer_id_type_on_csv(self, tmp_path: Path) -> None:
+        path = tmp_path / "items.csv"
+        path.write_text("id,v\n7,1\n-8,2\n9223372036854775807,3\n")
+        items, _ = read_items(InputSpec(uri=str(path), format="csv", id_type="integer"))
+        assert items.schema["id"] == pl.Int64
+        assert items.get_column("id").to_list() == [7, -8, 2**63 - 1]
+
+    def test_integer_id_type_names_ids_that_are_not_integers(self, tmp_path: Path) -> None:
+        path = tmp_path / "items.csv"
+        path.write_text("id,v\n7,1\nx9,2\n1.5,3\n9223372036854775808,4\n")
+        with pytest.raises(
+            InputError,
+            match=r"id_type is integer, but id column 'id' in .*items.csv has 3 ids that are "
+            r"not integers .*\(e\.g\. 'x9', '1\.5', '9223372036854775808'\)",
+        ):
+            read_items(InputSpec(uri=str(path), format="csv", id_type="integer"))
+
+    def test_integer_id_type_makes_leading_zero_ids_duplicates(self, tmp_path: Path) -> None:
+        path = tmp_path / "items.csv"
+        path.write_text("id,v\n001,1\n1,2\n")
+        with pytest.raises(InputError, match=r"1 duplicate ids \(e\.g\. 1\)"):
+            read_items(InputSpec(uri=str(path), format="csv", id_type="integer"))
+
+    def test_string_id_type_on_parquet_ints(self, tmp_path: Path) -> None:
+        path = tmp_path / "items.parquet"
+        ids = pl.Series("id", [5, 2**63, 2**64 - 1], dtype=pl.UInt64)
+        pl.DataFrame([ids, pl.Series("v", [1, 2, 3])]).write_parquet(path)
+        items, _ = read_items(InputSpec(uri=str(path), format="parquet", id_type="string"))
+        assert items.schema == pl.Schema({"id": pl.String, "v": pl.Int64})
+        assert items.get_column("id").to_list() == ["5", str(2**63), str(2**64 - 1)]
+
+    def test_parquet_ids_keep_their_stored_type(self, tmp_path: Path) -> None:
+        path = tmp_path / "items.parquet"
+        pl.DataFrame({"id": [3, 1]}, schema={"id": pl.UInt32}).write_parquet(path)
+        items, _ = read_items(InputSpec(uri=str(path), format="parquet"))
+        assert items.schema["id"] == pl.UInt32
+
+    def test_float_ids_are_refused_even_with_string_id_type(self, tmp_path: Path) -> None:
+        path = tmp_path / "items.parquet"
+        pl.DataFrame({"id": [1.0, 2.0]}).write_parquet(path)
+        with pytest.raises(InputError, match=r"id_type is string, but .* holds Float64 values"):
+            read_items(InputSpec(uri=str(path), format="parquet", id_type="string"))
+
+    def test_mismatched_id_dtypes_across_files_are_refused(self, tmp_path: Path) -> None:
+        pl.DataFrame({"id": [1, 2]}).write_parquet(tmp_path / "a.parquet")
+        pl.DataFrame({"id": ["3", "4"]}).write_parquet(tmp_path / "b.parquet")
+        with pytest.raises(
+            InputError,
+            match=r"id column 'id' is Int64 in .*a\.parquet but String in .*b\.parquet; .*"
+            r"set input\.id_type",
+        ):
+            read_items(InputSpec(uri=str(tmp_path / "*.parquet"), format="parquet"))
+
+    def test_mismatched_id_dtypes_read_as_one_type_with_id_type(self, tmp_path: Path) -> None:
+        pl.DataFrame({"id": [1, 2]}).write_parquet(tmp_path / "a.parquet")
+        pl.DataFrame({"id": ["3", "4"]}).write_parquet(tmp_path / "b.parquet")
+        uri = str(tmp_path / "*.parquet")
+        items, _ = read_items(InputSpec(uri=uri, format="parquet", id_type="string"))
+        assert items.get_column("id").to_list() == ["1", "2", "3", "4"]
+        items, _ = read_items(InputSpec(uri=uri, format="parquet", id_type="integer"))
+        assert items.get_column("id").to_list() == [1, 2, 3, 4]
+
+    def test_file_without_the_id_column_is_named(self, tmp_path: Path) -> None:
+        pl.DataFrame({"id": [1, 2]}).write_parquet(tmp_path / "a.parquet")
+        pl.DataFrame({"key": [3, 4]}).write_parquet(tmp_path / "b.parquet")
+        with pytest.raises(InputError, match=r"id column 'id' not found in .*b\.parquet"):
+            read_items(InputSpec(uri=str(tmp_path / "*.parquet"), format="parquet"))
+
+
+class TestConcatItems:
+    def test_mismatched_id_dtypes_name_both_objects(self) -> None:
+        frames = [pl.DataFrame({"id": ["a"]}), pl.DataFrame({"id": [1]}, schema={"id": pl.Int32})]
+        names = ["s3://b/in/p0.jsonl", "s3://b/in/p1.jsonl"]
+        with pytest.raises(
+            InputError,
+            match=r"'id' is String in s3://b/in/p0\.jsonl but Int32 in s3://b/in/p1\.jsonl",
+        ):
+            partition.concat_items(frames, names, "id", "objects")
+
+    def test_other_columns_are_still_relaxed(self) -> None:
+        frames = [pl.DataFrame({"id": [1], "v": [1]}), pl.DataFrame({"id": [2], "v": [0.5]})]
+        items = partition.concat_items(frames, ["a", "b"], "id")
+        assert items.schema == pl.Schema({"id": pl.Int64, "v": pl.Float64})
+
+
 class TestCheckIds:
     def test_valid(self) -> None:
         check_ids(_items(10), "id", "src")
+
+    @pytest.mark.parametrize(
+        "ids", [[0.5, 1.5, float("nan")], [1.0, 2.0]], ids=["with-nan", "whole-numbers"]
+    )
+    def test_float_ids_are_refused(self, ids: list[float]) -> None:
+        frame = pl.DataFrame({"sensor": ids})
+        with pytest.raises(
+            InputError,
+            match=r"id column 'sensor' in src holds floating-point ids \(Float64, e\.g\. .*\); "
+            r"ids must be integers or strings",
+        ):
+            check_ids(frame, "sensor", "src")
+
+    def test_nan_id_is_counted(self) -> None:
+        frame = pl.DataFrame({"id": [0.5, float("nan")]})
+        with pytest.raises(InputError, match="1 of them NaN"):
+            check_ids(frame, "id", "src")
+
+    def test_uint64_above_int64_is_refused(self) -> None:
+        frame = pl.DataFrame({"id": [1, 2**63, 2**64 - 1]}, schema={"id": pl.UInt64})
+        with pytest.raises(
+            InputError,
+            match=r"2 UInt64 ids above 2\*\*63-1 \(e\.g\. 9223372036854775808, "
+            r"18446744073709551615\).*set input\.id_type: string",
+        ):
+            check_ids(frame, "id", "src")
+
+    def test_uint64_within_int64_is_accepted(self) -> None:
+        check_ids(pl.DataFrame({"id": [0, 2**63 - 1]}, schema={"id": pl.UInt64}), "id", "src")
+
+    @pytest.mark.parametrize(
+        ("series", "hint"),
+        [
+            (pl.Series("id", [1, 2], dtype=pl.Int128), "set input.id_type: string"),
+            (pl.Series("id", [True, False]), "write them as strings or integers"),
+        ],
+        ids=["int128", "boolean"],
+    )
+    def test_other_dtypes_are_refused(self, series: pl.Series, hint: str) -> None:
+        with pytest.raises(InputError, match=rf"has ids of type {series.dtype} .*{hint}"):
+            check_ids(series.to_frame(), "id", "src")
 
     def test_missing_column_names_it_and_the_columns(self) -> None:
         with pytest.raises(InputError, match=r"id column 'key' not found in src \(columns: id, "):
@@ -380,6 +521,93 @@ class TestPartitionItems:
         with pytest.raises(InputError, match="input file not found"):
             partition_items(config, store, tmp_path / "batches")
         assert not (tmp_path / "batches").exists()
+
+
+class TestNewPlanSupersedesTheOld:
+    """A re-partition removes every file of the old plan and resets the state (issue 11)."""
+
+    def test_removes_every_derived_file_and_keeps_the_run_files(
+        self, tmp_path: Path, store, partition_config
+    ) -> None:
+        config = partition_config(_items(250))
+        run = Path(config.run_dir)
+        stale = [
+            "results/batch-00007.parquet", "results/batch-00007.json",
+            "dead_letter/batch-00007.parquet", "merge/L1/part-00002.parquet",
+            "final/result.parquet", "final/result.json", "manifest.json",
+            "report/dashboard.html", "checkpoints/batch-00007/index.json",
+        ]  # fmt: skip
+        kept = ["config.json", "logs/process_batch/00007.log"]
+        for rel in stale + kept:
+            (run / rel).parent.mkdir(parents=True, exist_ok=True)
+            (run / rel).write_text("old")
+        partition_items(config, store, run / "batches")
+        for rel in stale:
+            assert not (run / rel).exists(), rel
+        for rel in kept:
+            assert (run / rel).read_text() == "old", rel
+        assert not (run / "results").exists() and not (run / "merge").exists()
+
+    def test_tasks_of_the_old_plan_are_superseded(
+        self, tmp_path: Path, store, partition_config
+    ) -> None:
+        out = tmp_path / "batches"
+        partition_items(partition_config(_items(250)), store, out)
+        store.succeed(store.begin_attempt("batch-00002"), "a" * 64)
+        store.succeed(store.begin_attempt("batch-00000"), "b" * 64)
+        partition_items(partition_config(_items(120)), store, out)
+        rows = {t.task_id: t for t in store.tasks()}
+        assert set(rows) == set(all_task_ids(2, 3)) | {"partition"}
+        assert rows["batch-00000"].status is TaskStatus.PENDING
+        assert rows["batch-00000"].items == 100 and rows["batch-00001"].items == 20
+        assert store.get("batch-00002").status is TaskStatus.SUPERSEDED
+
+    def test_plan_fingerprints_every_input_file(
+        self, tmp_path: Path, store, partition_config
+    ) -> None:
+        config = partition_config(_items(10))
+        plan = partition_items(config, store, tmp_path / "batches")
+        source = tmp_path / "items.parquet"
+        stat = source.stat()
+        assert plan["input"]["files"] == [
+            {"path": str(source), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        ]
+        assert len(plan["input"]["listing_sha256"]) == 64
+
+    def test_input_changing_while_read_is_refused(
+        self, tmp_path: Path, store, partition_config, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        config = partition_config(_items(10))
+        read = partition.read_items
+
+        def read_then_append(*args: Any, **kwargs: Any) -> Any:
+            got = read(*args, **kwargs)
+            (tmp_path / "items.parquet").write_bytes(b"half-written")
+            return got
+
+        monkeypatch.setattr(partition, "read_items", read_then_append)
+        with pytest.raises(InputError, match="changed while it was being read"):
+            partition_items(config, store, tmp_path / "batches")
+        assert not (tmp_path / "batches").exists()
+
+    @pytest.mark.parametrize(
+        ("job", "named"),
+        [
+            ({"function": "no_such_module_here:fn"}, "job.function"),
+            ({"combine": "orchestrator_ext.jobs.grouped_stats:no_such_combine"}, "job.combine"),
+            ({"finalize": "orchestrator_ext.jobs.grouped_stats:nope"}, "job.finalize"),
+        ],
+    )
+    def test_a_job_that_cannot_be_imported_writes_nothing(
+        self, tmp_path: Path, store, partition_config, job, named
+    ) -> None:
+        from orchestrator_ext.errors import JobLoadError
+
+        config = partition_config(_items(10), job=job)
+        with pytest.raises(JobLoadError, match=named):
+            partition_items(config, store, tmp_path / "batches")
+        assert not (tmp_path / "batches").exists()
+        assert store.get("partition").status is TaskStatus.DEAD
 
 
 class TestPlanJson:

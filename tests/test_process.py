@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +18,8 @@ from orchestrator_ext.errors import (
     BatchFailed,
     ChecksumMismatch,
     PermanentError,
+    RowsMismatch,
+    SchemaMismatch,
     StateConflict,
     TransientError,
 )
@@ -26,6 +30,8 @@ from orchestrator_ext.process import (
     dead_letter_frame,
     process_batch,
     publish_dead_letters,
+    run_batch_mode,
+    run_item_mode,
     transient_retrying,
 )
 from orchestrator_ext.state import TaskStatus
@@ -378,7 +384,93 @@ class TestPublishDeadLetters:
         assert s3.make_s3_client().list_objects_v2(Bucket=bucket).get("KeyCount") == 0
 
 
+def _echo_or_fail(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Item job: returns the id; item 2 is bad data."""
+    if item["id"] == 2:
+        raise PermanentError("item 2 is bad")
+    return {"id": item["id"], "n": item["n"] + 1}
+
+
+class TestRunItemMode:
+    def test_uint64_ids_give_one_result_schema_in_every_batch(self, tmp_path: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        ctx = JobContext(run_id="r", batch_id="00000", attempt=1)
+        schema = {"id": pl.UInt64, "n": pl.Int32}
+        batches = [
+            pl.DataFrame({"id": [1, 2, 3], "n": [1, 2, 3]}, schema=schema),
+            pl.DataFrame({"id": [2**63, 2**64 - 1], "n": [4, 5]}, schema=schema),
+        ]
+        outcomes = [run_item_mode(b, _echo_or_fail, ctx, "id", RetrySpec()) for b in batches]
+        results = [o.result for o in outcomes]
+        # Inferred from Python ints, batch 0 was Int64 and batch 1 Int128 (unreadable by
+        # pyarrow: the merge failed with ArrowNotImplementedError).
+        assert results[0].schema == results[1].schema == pl.Schema(schema)
+        assert dead_letter_frame(outcomes[0].dead, pl.UInt64).schema["id"] == pl.UInt64
+        paths = [tmp_path / f"r{i}.parquet" for i in range(2)]
+        for result, path in zip(results, paths, strict=True):
+            result.write_parquet(path)
+        merged = pa.concat_tables([pq.read_table(path) for path in paths])
+        assert merged.column("id").to_pylist() == [1, 3, 2**63, 2**64 - 1]
+
+    def test_string_ids_stay_strings(self) -> None:
+        ctx = JobContext(run_id="r", batch_id="00000", attempt=1)
+        items = pl.DataFrame({"id": ["001", "1"], "n": [1, 2]})
+        result = run_item_mode(items, _echo_or_fail, ctx, "id", RetrySpec()).result
+        assert result.get_column("id").to_list() == ["001", "1"]
+
+    def test_id_of_another_kind_is_an_error_not_coerced(self) -> None:
+        ctx = JobContext(run_id="r", batch_id="00007", attempt=1)
+        items = pl.DataFrame({"id": ["5"], "n": [1]})
+
+        def as_int(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+            return {"id": int(item["id"])}
+
+        with pytest.raises(
+            TypeError,
+            match=r"batch 00007: result column 'id' holds Int64 values \(e\.g\. 5\), but the "
+            r"input's ids are String",
+        ):
+            run_item_mode(items, as_int, ctx, "id", RetrySpec())
+
+    def test_an_id_that_does_not_fit_the_input_dtype_is_an_error(self) -> None:
+        ctx = JobContext(run_id="r", batch_id="00003", attempt=1)
+        items = pl.DataFrame({"id": [7]}, schema={"id": pl.Int32})
+
+        def overflow(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+            return {"id": item["id"] * 2**40}
+
+        with pytest.raises(
+            ValueError,
+            match=r"batch 00003: result column 'id' has 1 values that do not fit the input "
+            r"column's type Int32 \(e\.g\. 7696581394432\)",
+        ):
+            run_item_mode(items, overflow, ctx, "id", RetrySpec())
+
+    def test_new_values_under_an_input_column_name_are_the_jobs_own(self) -> None:
+        ctx = JobContext(run_id="r", batch_id="00003", attempt=1)
+        items = pl.DataFrame({"id": [1], "n": [7]}, schema={"id": pl.Int64, "n": pl.Int32})
+
+        def overflow(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+            return {"id": item["id"], "n": item["n"] * 2**40}
+
+        result = run_item_mode(items, overflow, ctx, "id", RetrySpec()).result
+        assert result.schema == {"id": pl.Int64, "n": pl.Int64}
+        assert result["n"].to_list() == [7 * 2**40]
+
+
 class TestDeadLetterFrame:
+    def test_ids_keep_the_input_dtype(self) -> None:
+        dead = [{"id": 2**63, "category": "permanent", "error_type": "E", "message": "m"}]
+        frame = dead_letter_frame([{**dead[0], "attempt": 1}], pl.UInt64)
+        assert frame.schema["id"] == pl.UInt64 and frame.item(0, "id") == 2**63
+
+    def test_id_of_another_kind_is_not_coerced(self) -> None:
+        dead = [{"id": 5, "category": "permanent", "error_type": "E", "message": "m", "attempt": 1}]
+        with pytest.raises(TypeError, match=r"dead-letter column 'id' holds Int64 values"):
+            dead_letter_frame(dead, pl.String)
+
     def test_empty_keeps_schema(self) -> None:
         frame = dead_letter_frame([], pl.String)
         assert frame.height == 0
@@ -469,3 +561,447 @@ class TestRetryingCall:
         fn, _ = self._calls(TransientError("slow down"), 4)
         RetryingCall(RetrySpec(5, 1.0, 5.0))(fn, 1)
         assert bounds == [1.0, 2.0, 4.0, 5.0]
+
+
+# -- what a job returns --------------------------------------------------------------------
+
+
+def _returns_param(item: dict[str, Any], ctx: JobContext) -> Any:
+    """Item job: returns ``params.value`` for odd ids, a row for even ones."""
+    if item["id"] % 2:
+        return ctx.params["value"]
+    return {"id": item["id"], "doubled": item["value"] * 2}
+
+
+def _batch_returns_param(batch: pl.DataFrame, ctx: JobContext) -> Any:
+    """Batch job: returns ``params.value`` (``"pandas"``: the batch as a pandas frame)."""
+    value = ctx.params["value"]
+    return batch.to_pandas() if value == "pandas" else value
+
+
+def _returned(kind: str) -> Any:
+    import pandas as pd
+
+    frames = {
+        "pandas": pd.DataFrame({"id": [1], "doubled": [2]}),
+        "polars": pl.DataFrame({"id": [1], "doubled": [2]}),
+    }
+    return frames[kind]
+
+
+class TestItemModeReturns:
+    CTX = JobContext(run_id="r", batch_id="00000", attempt=1)
+    ITEMS = pl.DataFrame({"id": [1, 3], "value": [10, 30]})
+
+    @pytest.mark.parametrize(
+        ("value", "message"),
+        [
+            (42, r"job returned int \(42\), expected a dict \(one row\), a list of dicts or "
+                 r"None \(no row\); return the item's row as a dict"),
+            ("text", r"job returned str \('text'\), expected a dict"),
+            ([{"id": 1}, 2], r"job returned a list holding int at position 1 \(2\), expected a "
+                             r"dict \(one row\), a list of dicts or None \(no row\); return each "
+                             r"row as a dict"),
+            ("pandas", r"job returned pandas\.DataFrame \(shape \(1, 2\)\), expected a dict .*; "
+                       r"return its rows as dicts \(polars \.to_dicts\(\), pandas "
+                       r"\.to_dict\('records'\)\), or use job\.mode: batch"),
+            ("polars", r"job returned polars\.DataFrame \(shape \(1, 2\)\), expected a dict"),
+        ],
+    )  # fmt: skip
+    def test_anything_else_is_the_items_permanent_error(self, value: Any, message: str) -> None:
+        value = _returned(value) if value in ("pandas", "polars") else value
+        outcome = run_item_mode(self.ITEMS, lambda item, ctx: value, self.CTX, "id", RetrySpec())
+        assert outcome.result.height == 0 and "column_0" not in outcome.result.columns
+        assert [d["id"] for d in outcome.dead] == [1, 3]
+        for dead in outcome.dead:
+            assert (dead["category"], dead["error_type"]) == ("permanent", "TypeError")
+            assert re.fullmatch(r"TypeError: " + message + ".*", dead["message"]), dead["message"]
+            assert "\n" not in dead["message"]
+
+    def test_permanent_even_when_the_config_calls_type_errors_transient(self) -> None:
+        from orchestrator_ext.errors import configure_error_rules
+
+        configure_error_rules(transient=["TypeError"])
+        try:
+            outcome = run_item_mode(self.ITEMS, lambda item, ctx: 42, self.CTX, "id", RetrySpec())
+        finally:
+            configure_error_rules()
+        assert {d["category"] for d in outcome.dead} == {"permanent"}
+
+    def test_dead_lettered_by_process_batch(self, run_batch) -> None:
+        job = {"function": f"{__name__}:_returns_param", "mode": "item", "params": {"value": 42}}
+        record, paths = run_batch(6, job, tolerance={"max_dead_letter_fraction": 0.5})
+        result = pl.read_parquet(paths["result_file"])
+        assert result.columns == ["id", "doubled"] and result["id"].to_list() == [0, 2, 4]
+        dead = pl.read_parquet(paths["dead_letter_file"])
+        assert dead["id"].to_list() == [1, 3, 5]
+        assert set(dead["error_type"]) == {"TypeError"}
+        assert record["dead_letter_by_category"] == {"permanent": 3}
+
+
+class TestBatchModeReturns:
+    @pytest.mark.parametrize(
+        ("value", "message"),
+        [
+            (None, "job returned None, expected a polars DataFrame; return an empty one for "
+                   "no rows"),
+            ([1, 2], "job returned list, expected a polars DataFrame; convert it with "
+                     "polars.DataFrame()"),
+            ("pandas", "job returned pandas.DataFrame, expected a polars DataFrame; convert it "
+                       "with polars.from_pandas()"),
+        ],
+    )  # fmt: skip
+    def test_anything_but_a_polars_frame_fails_the_batch_permanently(
+        self, run_batch, store, value: Any, message: str
+    ) -> None:
+        job = {"function": f"{__name__}:_batch_returns_param", "params": {"value": value}}
+        with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+            run_batch(4, job)
+        state = store.get("batch-00000")
+        assert state.status is TaskStatus.DEAD
+        assert (state.error_category, state.error_type) == ("permanent", "TypeError")
+        assert state.error_message == f"TypeError: {message}"
+        _nothing_published(run_batch.paths)
+
+
+# -- bisection stops at the tolerance ------------------------------------------------------
+
+#: Ids of every call of ``_recording_batch``, in call order.
+CALLS: list[list[int]] = []
+
+
+def _recording_batch(batch: pl.DataFrame, ctx: JobContext) -> pl.DataFrame:
+    """``double_batch`` that records the ids of each call; ``params.bad_ids: all`` fails all."""
+    CALLS.append(batch.get_column("id").to_list())
+    if ctx.params.get("bad_ids") == "all":
+        raise PermanentError("nothing in this batch is good")
+    return jobs.double_batch(batch, ctx)
+
+
+class TestBisectionStopsAtTheTolerance:
+    @pytest.fixture(autouse=True)
+    def _calls(self) -> None:
+        CALLS.clear()
+
+    JOB = {"function": f"{__name__}:_recording_batch", "params": {"bad_ids": "all"}}
+
+    def test_zero_tolerance_stops_at_the_first_dead_item(self, run_batch, store) -> None:
+        with pytest.raises(
+            BatchFailed,
+            match=r"^batch 00000: 1 of 100 items failed \(1\.0% > tolerance 0\.0%\); first: id 0: "
+            r"PermanentError: nothing in this batch is good$",
+        ):
+            run_batch(100, self.JOB, tolerance={"max_dead_letter_fraction": 0})
+        # Straight down to item 0 (100, 50, 25, 12, 6, 3, 1), not all 199 calls.
+        assert [len(ids) for ids in CALLS] == [100, 50, 25, 12, 6, 3, 1]
+        assert len(CALLS) <= math.log2(100) + 2
+        state = store.get("batch-00000")
+        assert (state.status, state.error_type) == (TaskStatus.DEAD, "BatchFailed")
+        _nothing_published(run_batch.paths)
+
+    def test_stops_once_the_dead_exceed_the_tolerance(self, run_batch) -> None:
+        with pytest.raises(BatchFailed, match=r"^batch 00000: 6 of 100 items failed \(6\.0% > "):
+            run_batch(100, self.JOB, tolerance={"max_dead_letter_fraction": 0.05})
+        # Items 0-5 isolated one by one; what is left of the batch is never called.
+        assert [ids for ids in CALLS if len(ids) == 1] == [[0], [1], [2], [3], [4], [5]]
+        assert len(CALLS) == 15, [len(ids) for ids in CALLS]  # of 199 to isolate all 100
+
+    def test_under_the_tolerance_every_bad_item_is_isolated_as_before(self) -> None:
+        ctx = JobContext(run_id="r", batch_id="00000", attempt=1, params={"bad_ids": [3, 11]})
+        items = pl.DataFrame({"id": list(range(16)), "value": list(range(16))})
+        unlimited = run_batch_mode(items, _recording_batch, ctx, "id", RetrySpec())
+        calls, CALLS[:] = list(CALLS), []
+        limited = run_batch_mode(
+            items, _recording_batch, ctx, "id", RetrySpec(), max_dead_fraction=2 / 16
+        )
+        assert calls == CALLS
+        assert limited.result.equals(unlimited.result)
+        assert [d["id"] for d in limited.dead] == [d["id"] for d in unlimited.dead] == [3, 11]
+
+    def test_with_checkpoints_earlier_chunks_count(self, run_batch, store) -> None:
+        job = {"function": f"{__name__}:_recording_batch",
+               "params": {"bad_ids": [3, 4, 5, 23, 24, 25]}}  # fmt: skip
+        options = {
+            "tolerance": {"max_dead_letter_fraction": 0.05},
+            "checkpoint": {"every_items": 20},
+        }
+        with pytest.raises(BatchFailed, match=r"^batch 00000: 6 of 100 items failed"):
+            run_batch(100, job, **options)
+        assert max(max(ids) for ids in CALLS) < 40, "chunks after the 6th dead item are not run"
+        # A retry resumes after chunk 0 (3 dead, persisted): those count, so it stops in
+        # chunk 1 again instead of running the batch to the end.
+        CALLS.clear()
+        with pytest.raises(BatchFailed, match=r"^batch 00000: 6 of 100 items failed"):
+            run_batch(100, job, **options)
+        assert min(min(ids) for ids in CALLS) == 20 and max(max(ids) for ids in CALLS) < 40
+
+
+# -- the output contract -------------------------------------------------------------------
+
+
+@pytest.fixture
+def run_batches(tmp_path: Path, store, make_config: Callable[..., dict[str, Any]]):
+    """``run_batches(job, batch, n_items=10, **overrides)`` -> record: processes batch
+    ``batch`` (ids ``batch * 1000 + i``) of one run in ``store``; ``.paths(batch)``."""
+
+    def paths(batch: str) -> dict[str, Path]:
+        return {
+            "batch_file": tmp_path / "batches" / f"batch-{batch}.parquet",
+            "result_file": tmp_path / "run" / "results" / f"batch-{batch}.parquet",
+            "dead_letter_file": tmp_path / "run" / "dead_letter" / f"batch-{batch}.parquet",
+            "record_file": tmp_path / "run" / "results" / f"batch-{batch}.json",
+        }
+
+    def run(job: dict[str, Any], batch: str = "00000", n_items: int = 10, **overrides: Any):
+        where = paths(batch)
+        where["batch_file"].parent.mkdir(parents=True, exist_ok=True)
+        ids = [int(batch) * 1000 + i for i in range(n_items)]
+        pl.DataFrame({"id": ids, "value": [i * 10 for i in ids]}).write_parquet(where["batch_file"])
+        overrides.setdefault("retry", FAST_RETRY)
+        raw = make_config(
+            run_id="r", job={"combine": None, "finalize": None, **job}, merge={"mode": "concat"},
+            **overrides,
+        )  # fmt: skip
+        return process_batch(
+            load_config(raw), store, batch, str(where["batch_file"]),
+            sha256_file(where["batch_file"]), str(where["result_file"]),
+            str(where["dead_letter_file"]), str(where["record_file"]),
+        )  # fmt: skip
+
+    run.paths = paths  # type: ignore[attr-defined]
+    return run
+
+
+def _refused(store, run_batches, batch: str, error_type: str) -> None:
+    """The batch failed permanently (DEAD, not resubmitted) and published nothing."""
+    state = store.get(f"batch-{batch}")
+    assert (state.status, state.error_category, state.error_type) == (
+        TaskStatus.DEAD, "permanent", error_type,
+    )  # fmt: skip
+    _nothing_published(run_batches.paths(batch))
+
+
+TYPED = {"function": jobs.module_ref("typed_batch")}
+
+
+class TestOutputSchema:
+    def test_the_first_committed_batch_records_the_schema(self, run_batches, store) -> None:
+        record = run_batches(TYPED)
+        assert store.get_fact("output_schema") == '[["id","Int64"],["v","Int64"]]'
+        assert record["schema"] == [["id", "Int64"], ["v", "Int64"]]
+        assert record["rows_out"] == record["rows"] == 10
+        assert run_batches(TYPED, "00001")["rows_out"] == 10  # the same schema passes
+
+    @pytest.mark.parametrize("other", ["String", "Float64"])
+    def test_a_batch_differing_from_the_first_committed_fails(
+        self, run_batches, store, other: str
+    ) -> None:
+        # Bug 1: a String (or Float64) batch was cast to batch 0's Int64 by the merge.
+        run_batches(TYPED)
+        job = {**TYPED, "params": {"dtype": other}}
+        with pytest.raises(SchemaMismatch) as info:
+            run_batches(job, "00001")
+        assert str(info.value).startswith(
+            "batch 00001: result does not match the run's output schema (recorded from the "
+            f"first committed batch): column 'v' is {other}, the schema has Int64; "
+        )
+        _refused(store, run_batches, "00001", "SchemaMismatch")
+        assert store.get("batch-00000").status is TaskStatus.SUCCEEDED
+
+    def test_a_batch_differing_from_the_declared_schema_fails(self, run_batches, store) -> None:
+        job = {**TYPED, "output_schema": {"id": "Int64", "v": "Int32"}}
+        with pytest.raises(
+            SchemaMismatch,
+            match=r"^batch 00000: result does not match the run's output schema \(declared "
+            r"in job\.output_schema\): column 'v' is Int64, the schema has Int32; ",
+        ):
+            run_batches(job)
+        _refused(store, run_batches, "00000", "SchemaMismatch")
+        assert store.get_fact("output_schema") is None, "a declared schema is not recorded"
+
+    def test_missing_and_extra_columns_are_named(self, run_batches) -> None:
+        job = {**TYPED, "output_schema": {"id": "Int64", "w": "String"}}
+        with pytest.raises(
+            SchemaMismatch,
+            match=r"column 'v' \(Int64\) is not in the schema; column 'w' \(String\) is missing",
+        ):
+            run_batches(job)
+
+    def test_the_declared_schema_passes_whatever_the_column_order(self, run_batches) -> None:
+        job = {**TYPED, "output_schema": {"v": "Int64", "id": "Int64"}}
+        assert run_batches(job)["schema"] == [["id", "Int64"], ["v", "Int64"]]
+
+    def test_a_result_without_columns_fails_against_a_schema_with_columns(
+        self, run_batches, store
+    ) -> None:
+        job = {
+            "function": jobs.module_ref("rows_batch"),
+            "params": {"rows": "empty"},
+            "output_schema": {"id": "Int64", "doubled": "Int64"},
+        }
+        with pytest.raises(
+            SchemaMismatch,
+            match=r"^batch 00000: result has no columns, but the run's output schema \(declared "
+            r"in job\.output_schema\) has 2: id \(Int64\), doubled \(Int64\); return an empty "
+            r"frame with these columns for no rows$",
+        ):
+            run_batches(job)
+        _refused(store, run_batches, "00000", "SchemaMismatch")
+
+    def test_an_empty_frame_with_the_columns_is_fine(self, run_batches) -> None:
+        run_batches({"function": jobs.module_ref("rows_batch")})
+        record = run_batches({"function": jobs.module_ref("rows_batch"),
+                              "params": {"rows": "no_rows"}}, "00001")  # fmt: skip
+        assert (record["rows_out"], record["items_processed"]) == (0, 10)
+
+    def test_a_result_without_columns_records_no_schema(self, run_batches, store) -> None:
+        record = run_batches({"function": jobs.module_ref("rows_batch"),
+                              "params": {"rows": "empty"}})  # fmt: skip
+        assert record["schema"] == [] and store.get_fact("output_schema") is None
+        run_batches({"function": jobs.module_ref("rows_batch")}, "00001")
+        assert store.get_fact("output_schema") == '[["doubled","Int64"],["id","Int64"]]'
+
+    def test_bisected_parts_of_other_types_are_refused(self) -> None:
+        def halves_differ(batch: pl.DataFrame, ctx: JobContext) -> pl.DataFrame:
+            if 3 in batch["id"]:
+                raise PermanentError("bad item")
+            kind = pl.Int64 if batch["id"][0] < 3 else pl.String
+            return batch.select("id", pl.col("value").cast(kind))
+
+        ctx = JobContext(run_id="r", batch_id="00004", attempt=1)
+        items = pl.DataFrame({"id": list(range(8)), "value": list(range(8))})
+        with pytest.raises(
+            SchemaMismatch,
+            match=r"^batch 00004: the job's results differ: in part 2, column 'value' is "
+            r"String, part 0 has Int64; every call of the job must return the same columns",
+        ):
+            run_batch_mode(items, halves_differ, ctx, "id", RetrySpec())
+
+
+class TestItemModeStrictRows:
+    def test_a_key_of_two_types_fails_the_batch(self, run_batches, store) -> None:
+        # Bug 1: polars made a String column of 1 and "2".
+        with pytest.raises(
+            SchemaMismatch,
+            match=r"^batch 00000: result key 'v' is str for item 0 \('0'\) but int for item 1 "
+            r"\(1\); return one type per key",
+        ):
+            run_batches({"function": jobs.module_ref("mixed_item"), "mode": "item"})
+        _refused(store, run_batches, "00000", "SchemaMismatch")
+
+    def test_across_checkpoint_chunks_too(self, run_batches, store) -> None:
+        job = {"function": f"{__name__}:_int_then_str", "mode": "item"}
+        with pytest.raises(
+            SchemaMismatch,
+            match=r"^batch 00000: result column 'v' is Int64 in one part of the batch and "
+            r"String in another",
+        ):
+            run_batches(job, checkpoint={"every_items": 5})
+        _refused(store, run_batches, "00000", "SchemaMismatch")
+
+    def test_chunks_are_joined_as_one_frame_of_their_rows(self, run_batches) -> None:
+        # A key only None in one chunk (Null there) or missing takes the others' type.
+        job = {"function": f"{__name__}:_note_late", "mode": "item"}
+        record = run_batches(job, checkpoint={"every_items": 5})
+        assert record["schema"] == [["id", "Int64"], ["note", "String"], ["v", "Int64"]]
+        result = pl.read_parquet(run_batches.paths("00000")["result_file"])
+        assert result["note"].to_list() == [None] * 5 + ["x"] * 5
+
+    def test_no_rows_get_the_recorded_schema(self, run_batches, store) -> None:
+        run_batches({"function": jobs.module_ref("double_item"), "mode": "item"})
+        record = run_batches({"function": jobs.module_ref("mixed_item"), "mode": "item",
+                              "params": {"none": True}}, "00001")  # fmt: skip
+        assert record["schema"] == [["doubled", "Int64"], ["id", "Int64"]]
+        result = pl.read_parquet(run_batches.paths("00001")["result_file"])
+        assert dict(result.schema) == {"id": pl.Int64, "doubled": pl.Int64}
+
+    def test_a_null_column_takes_the_declared_type(self, run_batches) -> None:
+        job = {"function": f"{__name__}:_no_note", "mode": "item",
+               "output_schema": {"id": "Int64", "note": "String"}}  # fmt: skip
+        record = run_batches(job)
+        assert record["schema"] == [["id", "Int64"], ["note", "String"]]
+
+
+def _no_note(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    return {"id": item["id"], "note": None}
+
+
+def _int_then_str(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    return {"id": item["id"], "v": item["id"] if item["id"] < 5 else str(item["id"])}
+
+
+def _note_late(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    if item["id"] < 3:
+        return {"id": item["id"], "note": None}
+    if item["id"] < 5:
+        return {"id": item["id"]}
+    return {"id": item["id"], "note": "x", "v": 1}
+
+
+ROWS = {"function": jobs.module_ref("rows_batch"), "rows": "per_item"}
+
+
+class TestRowsPerItem:
+    def test_one_row_per_item_passes(self, run_batches) -> None:
+        record = run_batches(ROWS)
+        assert record["rows_out"] == record["items_processed"] == 10
+
+    @pytest.mark.parametrize(
+        ("rows", "message"),
+        [
+            ("drop_half", "batch 00000: 5 rows for 10 items (job.rows: per_item)"),
+            ("duplicate", "batch 00000: 20 rows for 10 items (job.rows: per_item)"),
+            ("empty", "batch 00000: 0 rows for 10 items (job.rows: per_item)"),
+            ("no_rows", "batch 00000: 0 rows for 10 items (job.rows: per_item)"),
+            ("extra_id", "batch 00000: 10 rows for 10 items, but 1 items without a row (9); "
+                         "1 ids not of the batch's items (100009) (job.rows: per_item)"),
+        ],
+    )  # fmt: skip
+    def test_a_batch_breaking_it_fails(self, run_batches, store, rows: str, message: str) -> None:
+        # Bug 2: the manifest said 1000 = 1000 + 0 whatever the job returned.
+        with pytest.raises(RowsMismatch) as info:
+            run_batches({**ROWS, "params": {"rows": rows}})
+        assert str(info.value) == message
+        _refused(store, run_batches, "00000", "RowsMismatch")
+
+    def test_repeated_ids_are_named(self, run_batches) -> None:
+        def repeat_first(batch: pl.DataFrame, ctx: JobContext) -> pl.DataFrame:
+            ids = batch["id"].to_list()
+            return pl.DataFrame({"id": [ids[0], *ids[:-1]]})
+
+        with pytest.raises(
+            RowsMismatch,
+            match=r"^batch 00000: 4 rows for 4 items, but 1 ids repeated \(0\); 1 items "
+            r"without a row \(3\) \(job\.rows: per_item\)$",
+        ):
+            run_batch_and_check(repeat_first, 4)
+
+    def test_dead_lettered_items_need_no_row(self, run_batches) -> None:
+        job = {"function": jobs.module_ref("double_batch"), "rows": "per_item",
+               "params": {"bad_ids": [3]}}  # fmt: skip
+        record = run_batches(job, tolerance={"max_dead_letter_fraction": 0.2})
+        assert (record["rows_out"], record["items_processed"]) == (9, 9)
+
+    def test_the_count_says_what_was_dead_lettered(self, run_batches) -> None:
+        job = {"function": f"{__name__}:_drop_last_after_bad", "rows": "per_item",
+               "params": {"bad_ids": [3]}}  # fmt: skip
+        with pytest.raises(
+            RowsMismatch,
+            match=r"^batch 00000: 8 rows for 9 items \(10 in the batch, 1 dead-lettered\)",
+        ):
+            run_batches(job, tolerance={"max_dead_letter_fraction": 0.2})
+
+
+def _drop_last_after_bad(batch: pl.DataFrame, ctx: JobContext) -> pl.DataFrame:
+    out = jobs.double_batch(batch, ctx)
+    return out.head(out.height - 1) if 9 in out["id"] else out
+
+
+def run_batch_and_check(fn: Callable[..., Any], n_items: int) -> None:
+    """Run ``fn`` on ``n_items`` items and check ``job.rows: per_item``."""
+    from orchestrator_ext.process import check_rows_per_item
+
+    ctx = JobContext(run_id="r", batch_id="00000", attempt=1)
+    items = pl.DataFrame({"id": list(range(n_items))})
+    outcome = run_batch_mode(items, fn, ctx, "id", RetrySpec())
+    check_rows_per_item("00000", items, outcome.result, outcome.dead, "id")

@@ -368,12 +368,14 @@ class TestKilledBatch:
         assert [(t.from_status, t.to_status, t.attempt) for t in log] == [
             (None, "PENDING", 0),
             ("PENDING", "RUNNING", 1),
-            ("RUNNING", "RUNNING", 2),  # attempt 1 died while running
+            ("RUNNING", "FAILED", 1),  # SIGKILLed: recorded by the executor, not the job
+            ("FAILED", "RUNNING", 2),
             ("RUNNING", "RUNNING", 2),  # attempt 2 resumed from attempt 1's chunks
             ("RUNNING", "SUCCEEDED", 2),
         ]
-        assert "resumed at item 150 of 400" in log[3].detail
-        assert "attempt 1: 150" in log[3].detail
+        assert "SIGKILL" in log[2].detail and log[2].detail.startswith("resource: ")
+        assert "resumed at item 150 of 400" in log[4].detail
+        assert "attempt 1: 150" in log[4].detail
         report(record_property, "killed batch: whole run", killed_s)
         report(record_property, "killed batch: undisturbed run", calm_s)
         report(record_property, "killed batch: resumed attempt 2", record["duration_s"])

@@ -54,6 +54,37 @@ class TestCollect:
         assert data.dead_source == "2 dead-letter files"  # batches 0 and 3
         assert data.notes == []
 
+    def test_elapsed_of_a_finished_run_is_not_measured_to_now(
+        self, finished, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from datetime import datetime, timedelta
+
+        import orchestrator_ext.status as status_module
+        from orchestrator_ext.history import parse_time
+        from orchestrator_ext.status import format_duration
+
+        class HourLater(datetime):
+            """The report is written an hour after the run finished."""
+
+            @classmethod
+            def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
+                return datetime.now(tz) + timedelta(hours=1)
+
+        monkeypatch.setattr(status_module, "datetime", HourLater)
+        _, config = finished
+        store = open_store(config)
+        try:
+            tasks = store.tasks()
+            data = collect_report_data(config, store)
+        finally:
+            store.close()
+        first = min(parse_time(t.started_at) for t in tasks if t.kind == "batch")
+        last = max(parse_time(t.finished_at) for t in tasks)
+        assert data.status is not None and data.status.finished
+        assert data.status.elapsed_s == pytest.approx((last - first).total_seconds(), abs=1e-3)
+        assert data.status.elapsed_s < 600, "measured to now, an hour after the run"
+        assert summary_values(data)["elapsed"] == format_duration(data.status.elapsed_s)
+
     def test_missing_store_and_manifest_are_notes(self, tmp_path, make_config) -> None:
         from orchestrator_ext.config import load_config
 

@@ -167,6 +167,18 @@ class TestObjects:
         for key in ("own/a.json", "own/b.txt"):
             assert client.head_object(Bucket=bucket, Key=key)["ServerSideEncryption"] == "AES256"
 
+    def test_delete_prefix_removes_the_folder_only(self, client, bucket) -> None:
+        keys = [f"run/results/batch-{i:05d}.json" for i in range(1203)] + ["run/results-x/keep"]
+        for key in keys[:3] + keys[-1:]:
+            client.put_object(Bucket=bucket, Key=key, Body=b"x")
+        # More than one DeleteObjects request (at most 1,000 keys each).
+        for key in keys[3:-1]:
+            client.put_object(Bucket=bucket, Key=key, Body=b"")
+        assert s3.delete_prefix(client, f"s3://{bucket}/run/results") == 1203
+        left = [o.key for o in s3.list_objects(client, bucket, "run/")]
+        assert left == ["run/results-x/keep"]
+        assert s3.delete_prefix(client, f"s3://{bucket}/run/results/") == 0
+
     def test_bucket_default_encryption(self, client, bucket) -> None:
         assert s3.bucket_default_encryption(client, bucket) in (None, "AES256")
         client.put_bucket_encryption(
@@ -260,7 +272,10 @@ class TestS3Input:
             out = io.BytesIO()
             part.write_csv(out) if fmt == "csv" else part.write_ndjson(out)
             s3.put_bytes(client, f"s3://{bucket}/t/p{i}.{fmt}", out.getvalue())
-        got, _ = read_s3_items(InputSpec(f"s3://{bucket}/t/*.{fmt}", fmt), client)
+        # CSV ids are text unless id_type says otherwise (JSON keeps its numbers).
+        id_type = "integer" if fmt == "csv" else None
+        spec = InputSpec(f"s3://{bucket}/t/*.{fmt}", fmt, id_type=id_type)
+        got, _ = read_s3_items(spec, client)
         assert got.equals(items)
 
     def test_s3_keys(self, client, source) -> None:

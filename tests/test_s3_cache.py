@@ -214,7 +214,7 @@ class TestWritesInvalidate:
         assert not cache.put("b", "p/batches/x.parquet", ABSENT, token)
 
 
-def _job_info(bucket: str, key: str, directory: bool = False) -> Any:
+def _job_info(bucket: str, key: str, directory: bool = False, rule: str = "process_batch") -> Any:
     """A finished job as an executor sees it: one storage output and one local log."""
     from types import SimpleNamespace
 
@@ -223,7 +223,7 @@ def _job_info(bucket: str, key: str, directory: bool = False) -> Any:
         SimpleNamespace(is_storage=True, storage_object=stored, is_directory=directory),
         SimpleNamespace(is_storage=False),
     ]
-    job = SimpleNamespace(is_group=lambda: False, output=outputs)
+    job = SimpleNamespace(is_group=lambda: False, output=outputs, rule=SimpleNamespace(name=rule))
     return SimpleNamespace(job=job)
 
 
@@ -278,6 +278,14 @@ class TestJobCompletionDropsCaches:
         from orchestrator_ext.executor import _drop_outputs
 
         _drop_outputs(object())
+        assert len(provider.stat_cache) == 0
+
+    def test_the_partition_drops_everything(self, provider: StorageProvider, bucket: str) -> None:
+        # A new plan removes the old plan's results, which are no output of the partition.
+        from orchestrator_ext.executor import PARTITION_RULE, _drop_outputs
+
+        provider.object(f"s3://{bucket}/p/results/batch-00001.json").exists()
+        _drop_outputs(_job_info(bucket, "p/batches", directory=True, rule=PARTITION_RULE))
         assert len(provider.stat_cache) == 0
 
     def test_a_folder_output_drops_the_keys_under_it(

@@ -192,3 +192,33 @@ class TestSlurmFailures:
         batch = store.get("batch-00000")
         assert batch is not None and batch.attempt == 1 and str(batch.status) == "DEAD"
         assert batch.slurm_job_id == new_jobs[1]
+
+    def test_a_crashed_batch_is_recorded_dead_and_submitted_once(
+        self, tmp_path, make_config, slurm_cluster, monkeypatch
+    ):
+        # The batch's process aborts (SIGABRT) before it can record anything: the executor
+        # records the attempt from Slurm's state and the error in the Slurm log.
+        monkeypatch.setenv("PYTHONPATH", str(REPO / "tests"))  # sbatch exports it
+        make_records(50, seed=3).write_parquet(tmp_path / "items.parquet")
+        config = make_config(
+            run_id="crash",
+            job={"function": "jobs_for_tests:abort_batch", "mode": "batch", "combine": None,
+                 "finalize": None},
+            merge={"mode": "concat"},
+        )  # fmt: skip
+        configfile = write_config(tmp_path / "crash.yaml", config)
+        result = run_on_slurm(tmp_path, configfile, check=False)
+
+        assert result.returncode != 0
+        assert "not resubmitting" in result.stdout + result.stderr
+        new_jobs = sorted(_all_slurm_jobs(tmp_path), key=int)
+        assert len(new_jobs) == 2, new_jobs  # the partition, and the batch once
+        from orchestrator_ext.state.sqlite import SqliteStateStore
+
+        store = SqliteStateStore(RunLayout(f"{config['output_root']}/crash").state_db, "crash")
+        batch = store.get("batch-00000")
+        store.close()
+        assert batch is not None and (batch.attempt, str(batch.status)) == (1, "DEAD")
+        assert (batch.error_category, batch.slurm_job_id) == ("permanent", new_jobs[1])
+        assert "killed by SIGABRT" in batch.error_message
+        assert "(Slurm state FAILED)" in batch.error_message

@@ -233,6 +233,139 @@ class TestEnsureTasks:
         assert store.get("batch-99999") is None
 
 
+class TestStartPlan:
+    """A re-partition: the store then names exactly the new plan's tasks (issue 11)."""
+
+    def test_old_tasks_are_superseded_and_kept_ones_start_over(self, store: StateStore) -> None:
+        old = ["partition", "batch-00000", "batch-00001", "batch-00002", "final"]
+        store.ensure_tasks(old, items={"batch-00000": 10, "batch-00001": 10, "batch-00002": 5})
+        store.succeed(store.begin_attempt("batch-00000"), "a" * 64, items_done=10)
+        store.fail(store.begin_attempt("batch-00001"), "permanent", "E", "m", retryable=False)
+        lease = store.begin_attempt("partition")
+        changed = store.start_plan(
+            ["batch-00000", "final", "manifest"], {"batch-00000": 25}, keep="partition"
+        )
+        assert changed == 3  # batch-00000 starts over; 00001 and 00002 are superseded
+        rows = {r.task_id: r for r in store.tasks()}
+        assert sorted(rows) == ["batch-00000", "final", "manifest", "partition"]
+        batch = rows["batch-00000"]
+        assert (batch.status, batch.items, batch.output_sha256, batch.items_done) == (
+            TaskStatus.PENDING, 25, None, None,
+        )  # fmt: skip
+        assert batch.attempt == 1  # kept: attempt numbers never go back
+        assert rows["partition"].status is TaskStatus.RUNNING
+        superseded = {r.task_id for r in store.all_tasks()} - set(rows)
+        assert superseded == {"batch-00001", "batch-00002"}
+        assert store.counts()["PENDING"] == 3
+        assert "SUPERSEDED" not in store.counts()
+        details = {t.task_id: t.detail for t in store.transitions() if t.to_status == "SUPERSEDED"}
+        assert set(details) == superseded
+        store.succeed(lease, "p")
+
+    def test_an_attempt_of_the_old_plan_can_no_longer_commit(self, store: StateStore) -> None:
+        from orchestrator_ext.errors import StateConflict
+
+        store.ensure_tasks(["batch-00000", "batch-00001"])
+        straggler = store.begin_attempt("batch-00000")
+        gone = store.begin_attempt("batch-00001")
+        store.start_plan(["batch-00000"], {"batch-00000": 3}, keep="partition")
+        with pytest.raises(StateConflict):
+            store.succeed(straggler, "s")
+        with pytest.raises(StateConflict):
+            store.succeed(gone, "s")
+        assert store.begin_attempt("batch-00000").attempt == straggler.attempt + 1
+
+    def test_a_superseded_task_named_again_starts_over(self, store: StateStore) -> None:
+        store.ensure_tasks(["batch-00000", "batch-00001"])
+        store.start_plan(["batch-00000"], {}, keep="partition")
+        store.start_plan(["batch-00000", "batch-00001"], {"batch-00001": 4}, keep="partition")
+        row = store.get("batch-00001")
+        assert row is not None and (row.status, row.items) == (TaskStatus.PENDING, 4)
+
+    def test_the_same_plan_again_changes_nothing(self, store: StateStore) -> None:
+        store.start_plan(["batch-00000", "final"], {"batch-00000": 3}, keep="partition")
+        before = len(store.transitions())
+        assert store.start_plan(["batch-00000", "final"], {"batch-00000": 3}, keep="p") == 0
+        assert len(store.transitions()) == before
+
+
+class TestFacts:
+    """Run-level facts (``claim_fact``): the first value recorded wins, on both backends."""
+
+    def test_first_claim_wins_and_later_ones_get_it(self, open_store: StoreFactory) -> None:
+        first, second = open_store(), open_store()  # two jobs, two connections
+        assert first.get_fact("output_schema") is None
+        assert first.claim_fact("output_schema", '[["v","Int64"]]') == '[["v","Int64"]]'
+        assert second.claim_fact("output_schema", '[["v","String"]]') == '[["v","Int64"]]'
+        assert second.get_fact("output_schema") == '[["v","Int64"]]'
+        assert first.claim_fact("other", "x") == "x", "facts are kept apart by name"
+
+    def test_facts_are_not_tasks_and_leave_no_transitions(self, store: StateStore) -> None:
+        store.ensure_tasks(IDS)
+        before = store.transitions()
+        store.claim_fact("output_schema", "[]")
+        assert [r.task_id for r in store.all_tasks()] == IDS
+        assert store.transitions() == before
+        assert store.counts()["PENDING"] == 3
+
+    def test_start_plan_forgets_the_output_schema(self, open_store: StoreFactory) -> None:
+        store, other = open_store(), open_store()
+        store.claim_fact("output_schema", '[["v","Int64"]]')
+        store.start_plan(["batch-00000"], {"batch-00000": 3}, keep="partition")
+        assert other.get_fact("output_schema") is None
+        assert other.claim_fact("output_schema", '[["v","String"]]') == '[["v","String"]]'
+        assert store.get_fact("output_schema") == '[["v","String"]]'
+
+    def test_forget_is_idempotent(self, store: StateStore) -> None:
+        store.forget_fact("output_schema")
+        store.claim_fact("output_schema", "a")
+        store.forget_fact("output_schema")
+        store.forget_fact("output_schema")
+        assert store.get_fact("output_schema") is None
+
+    def test_racing_claims_agree_on_one_value(self, race_open_store: StoreFactory) -> None:
+        workers = 4
+        start = threading.Barrier(workers, timeout=30)
+        results: list[str] = []
+        lock = threading.Lock()
+
+        def claim(value: str) -> None:
+            store = race_open_store(closed_by_caller=True)  # its own connection, as a job's
+            try:
+                start.wait()
+                recorded = store.claim_fact("output_schema", value)
+            finally:
+                store.close()
+            with lock:
+                results.append(recorded)
+
+        threads = [
+            threading.Thread(target=claim, args=(f"v{i}",), daemon=True) for i in range(workers)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert len(results) == workers and len(set(results)) == 1
+        assert race_open_store().get_fact("output_schema") == results[0]
+
+
+class TestSqliteFactsMigration:
+    def test_a_state_file_from_before_facts_gets_the_table(self, tmp_path: Path) -> None:
+        path = tmp_path / "state.sqlite"
+        SqliteStateStore(path, "r").close()
+        import sqlite3
+
+        with sqlite3.connect(path) as db:
+            db.execute("DROP TABLE facts")
+        store = SqliteStateStore(path, "r")
+        try:
+            assert store.get_fact("output_schema") is None
+            assert store.claim_fact("output_schema", "[]") == "[]"
+        finally:
+            store.close()
+
+
 class TestBeginAttempt:
     def test_increments_attempt_and_records_where(self, store: StateStore) -> None:
         store.ensure_tasks(IDS)
@@ -393,6 +526,69 @@ class TestFail:
         assert last.detail is not None and last.detail.startswith("transient: x")
 
 
+class TestRecordLostAttempt:
+    @pytest.mark.parametrize(
+        ("category", "status"),
+        [("resource", TaskStatus.FAILED), ("transient", TaskStatus.FAILED),
+         ("permanent", TaskStatus.DEAD)],
+    )  # fmt: skip
+    def test_a_running_attempt_is_recorded_by_category(
+        self, store: StateStore, category: str, status: TaskStatus
+    ) -> None:
+        store.ensure_tasks(IDS)
+        lease = store.begin_attempt("batch-00000", host="node-7", slurm_job_id="4242")
+        store.record_progress(lease, 3)
+        reason = "killed by SIGSEGV (exit -11) before it could record a failure; log: x.log"
+
+        assert store.record_lost_attempt("batch-00000", 1, category, reason, "SIGSEGV")
+
+        row = store.get("batch-00000")
+        assert row is not None
+        assert (row.status, row.attempt, row.error_category, row.error_type) == (
+            status, 1, category, "SIGSEGV",
+        )  # fmt: skip
+        assert row.error_message == reason and row.finished_at is not None
+        assert row.items_done == 3, "progress of the lost attempt is kept"
+        last = store.transitions("batch-00000")[-1]
+        assert (last.from_status, last.to_status, last.attempt) == ("RUNNING", str(status), 1)
+        assert (last.host, last.slurm_job_id) == ("node-7", "4242")
+        assert last.detail == f"{category}: {reason}"
+
+    def test_a_failure_the_attempt_recorded_is_left_alone(self, store: StateStore) -> None:
+        store.ensure_tasks(IDS)
+        lease = store.begin_attempt("batch-00000")
+        store.fail(lease, "transient", "TimeoutError", "service down", retryable=True)
+        n = len(store.transitions())
+
+        assert not store.record_lost_attempt("batch-00000", 1, "permanent", "killed")
+
+        row = store.get("batch-00000")
+        assert row is not None
+        assert (row.status, row.error_type) == (TaskStatus.FAILED, "TimeoutError")
+        assert len(store.transitions()) == n
+
+    def test_a_newer_attempt_is_not_overwritten(self, store: StateStore) -> None:
+        store.ensure_tasks(IDS)
+        store.begin_attempt("batch-00000")
+        newer = store.begin_attempt("batch-00000", host="other-node")
+        n = len(store.transitions())
+
+        assert not store.record_lost_attempt("batch-00000", 1, "resource", "killed by SIGKILL")
+
+        row = store.get("batch-00000")
+        assert row is not None
+        assert (row.status, row.attempt, row.host) == (TaskStatus.RUNNING, 2, "other-node")
+        assert len(store.transitions()) == n
+        store.succeed(newer, "sha")  # the newer attempt still holds its lease
+
+    def test_unknown_or_pending_tasks_are_left_alone(self, store: StateStore) -> None:
+        store.ensure_tasks(IDS)
+        assert not store.record_lost_attempt("batch-00000", 0, "resource", "killed")
+        assert not store.record_lost_attempt("batch-99999", 1, "resource", "killed")
+        row = store.get("batch-00000")
+        assert row is not None and row.status == TaskStatus.PENDING
+
+
 class TestRecordProgress:
     def test_holder_records_without_a_transition(self, store: StateStore) -> None:
         store.ensure_tasks(IDS)
@@ -407,7 +603,7 @@ class TestRecordProgress:
 
 class TestCounts:
     def test_every_status_counted(self, store: StateStore) -> None:
-        assert store.counts() == {str(s): 0 for s in TaskStatus}
+        assert store.counts() == {str(s): 0 for s in TaskStatus if s is not TaskStatus.SUPERSEDED}
         store.ensure_tasks([*IDS, "batch-00003"])
         store.succeed(store.begin_attempt("batch-00000"), "s")
         store.fail(store.begin_attempt("batch-00001"), "permanent", "E", "m", retryable=False)
@@ -606,6 +802,23 @@ class TestBatchWriteChunks:
 
 
 class TestRequestBuilders:
+    def test_a_fact_sorts_outside_the_tasks_and_the_log(self) -> None:
+        from orchestrator_ext.state.dynamodb import (
+            TASKS_END,
+            TRANSITION_PREFIX,
+            build_fact_claim,
+            build_fact_forget,
+        )
+
+        claim = build_fact_claim("t", "r", "output_schema", "[]", "now")
+        key = claim["Item"]["task_id"]["S"]
+        assert key == "~fact#output_schema"
+        assert key > TASKS_END and not key.startswith(TRANSITION_PREFIX)
+        assert claim["ConditionExpression"] == "attribute_not_exists(#value)"
+        forget = build_fact_forget("t", "r", "output_schema", "now")
+        assert forget["Key"]["task_id"] == {"S": key}
+        assert forget["UpdateExpression"].startswith("REMOVE #value")
+
     def test_update_sets_removes_and_fences_on_version(self) -> None:
         request = build_update("t", "r", "batch-00001", 3, {"status": "RUNNING", "host": None})
         assert request["Key"] == {"run_id": {"S": "r"}, "task_id": {"S": "batch-00001"}}

@@ -214,3 +214,73 @@ class TestStatusCommand:
             main(["status", "--watch", "--interval", "0", "--configfile", str(configfile)])
         assert exc.value.code == 2
         assert "must be positive" in capsys.readouterr().err
+
+
+class TestFinishedRun:
+    """A finished run is measured from its first start to its last finish, not to now."""
+
+    @pytest.fixture
+    def past_run(self, configfile: Path, monkeypatch: pytest.MonkeyPatch):
+        """The run's store, written by a clock set 35m30s back: 2 batches of 10 items, the
+        last finish (the manifest) 11 s after the first start. ``step(name)`` takes the run
+        to that step: "batches" (both done, merges pending) or "manifest" (finished)."""
+        import orchestrator_ext.state as state_module
+
+        start = datetime.now(UTC) - timedelta(minutes=35, seconds=30)
+        clock = {"t": start}
+        monkeypatch.setattr(
+            state_module, "now_iso", lambda: clock["t"].isoformat(timespec="microseconds")
+        )
+        config = load_config(yaml.safe_load(configfile.read_text()))
+        store = SqliteStateStore(RunLayout(config.run_dir).state_db, config.run_id)
+        store.ensure_tasks(["batch-00000", "batch-00001", "final", "manifest"],
+                           items={"batch-00000": 10, "batch-00001": 10})  # fmt: skip
+
+        def run(task: str, begin: float, end: float) -> None:
+            clock["t"] = start + timedelta(seconds=begin)
+            lease = store.begin_attempt(task, host="n1")
+            clock["t"] = start + timedelta(seconds=end)
+            store.succeed(lease, "0" * 64, items=store.get(task).items, items_dead=0)
+
+        def step(name: str) -> None:
+            if name == "batches":
+                run("batch-00000", 0, 5)
+                run("batch-00001", 1, 9)
+            else:
+                run("final", 9, 10)
+                run("manifest", 10, 11)
+
+        yield store, start, step
+        store.close()
+
+    def test_status_command_measures_to_the_last_finish(self, configfile, past_run, capsys) -> None:
+        _, _, step = past_run
+        step("batches")
+        step("manifest")
+        assert main(["status", "--json", "--configfile", str(configfile)]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert data["finished"] and data["elapsed_s"] == pytest.approx(11.0)
+        assert data["throughput_basis"] == "whole run"
+        assert data["items_per_second"] == pytest.approx(20 / 11, abs=1e-3)
+        assert data["batches_per_minute"] == pytest.approx(2 / 11 * 60, abs=1e-3)
+        assert main(["status", "--configfile", str(configfile)]) == 0
+        out = capsys.readouterr().out
+        assert "elapsed 11s" in out and "(1.8 items/s, whole run)" in out
+
+    def test_the_recent_window_does_not_apply_to_a_finished_run(self, past_run) -> None:
+        store, start, step = past_run
+        step("batches")
+        step("manifest")
+        # Looked at 1 s after the end, both batches fall in a 10 s window, but a finished
+        # run's throughput is that of the whole run.
+        status = build_status("r", store.tasks(), now=start + timedelta(seconds=12), window_s=10)
+        assert status.elapsed_s == pytest.approx(11.0)
+        assert status.throughput_basis == "whole run"
+        assert status.items_per_second == pytest.approx(20 / 11, abs=1e-3)
+
+    def test_a_running_run_still_measures_to_now(self, past_run) -> None:
+        store, start, step = past_run
+        step("batches")  # merges and manifest still to do: the run is not finished
+        status = build_status("r", store.tasks(), now=start + timedelta(seconds=100))
+        assert not status.finished and status.elapsed_s == pytest.approx(100.0)
+        assert status.items_per_second == pytest.approx(20 / 100, abs=1e-3)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator_ext.errors import ChecksumMismatch, MissingOutput
+from orchestrator_ext.errors import ChecksumMismatch, CorruptFile, MissingOutput
 from orchestrator_ext.storage import (
     atomic_path,
     file_facts,
+    parse_json_object,
     read_json,
     sha256_file,
     verify_checksum,
@@ -118,3 +119,86 @@ class TestJson:
     def test_missing(self, tmp_path: Path) -> None:
         with pytest.raises(MissingOutput, match="r.json"):
             read_json(tmp_path / "r.json")
+
+    def test_garbage_names_the_file(self, tmp_path: Path) -> None:
+        path = tmp_path / "results" / "batch-00003.json"
+        path.parent.mkdir()
+        path.write_text('{"sha256": "ab",\n  oops')
+        with pytest.raises(CorruptFile) as info:
+            read_json(path)
+        message = str(info.value)
+        assert message.startswith(f"{path} is not valid JSON (line 2 column 3: ")
+        assert message.endswith("delete it and rerun to regenerate it")
+        assert "\n" not in message
+
+    def test_empty_file(self, tmp_path: Path) -> None:
+        path = tmp_path / "plan.json"
+        path.write_text("")
+        with pytest.raises(CorruptFile, match=r"plan.json is not valid JSON \(line 1 column 1"):
+            read_json(path)
+
+    def test_not_utf8(self, tmp_path: Path) -> None:
+        path = tmp_path / "r.json"
+        path.write_bytes(b'{"a": "\xff\xfe"}')
+        with pytest.raises(CorruptFile, match=r"r.json is not valid JSON \(not UTF-8 text"):
+            read_json(path)
+
+    @pytest.mark.parametrize(
+        ("text", "kind"), [("[]", "list"), ("42", "int"), ('"x"', "str"), ("null", "NoneType")]
+    )
+    def test_not_an_object(self, tmp_path: Path, text: str, kind: str) -> None:
+        path = tmp_path / "result.json"
+        path.write_text(text)
+        with pytest.raises(CorruptFile) as info:
+            read_json(path)
+        assert str(info.value) == (
+            f"{path} is not a JSON object (it holds a {kind}); delete it and rerun to regenerate it"
+        )
+
+    def test_corrupt_file_is_a_package_error(self) -> None:
+        from orchestrator_ext.errors import Category, OrchestratorError, classify
+
+        error = CorruptFile("x")
+        assert isinstance(error, OrchestratorError)
+        assert classify(error) is Category.PERMANENT
+
+    def test_parse_names_the_source(self) -> None:
+        assert parse_json_object(b'{"a": 1}', "s3://b/r.json") == {"a": 1}
+        with pytest.raises(CorruptFile, match=r"^s3://b/r.json is not valid JSON \(line 1"):
+            parse_json_object(b"<html>", "s3://b/r.json")
+
+
+class TestReadJsonAt:
+    """``report.read_json_at`` reads the run's records on disk and in S3 the same way."""
+
+    def test_local(self, tmp_path: Path) -> None:
+        from orchestrator_ext.report import read_json_at
+
+        path = tmp_path / "plan.json"
+        assert read_json_at(str(path)) is None
+        path.write_text("{not json")
+        with pytest.raises(CorruptFile, match=rf"^{path} is not valid JSON"):
+            read_json_at(str(path))
+        path.write_text("[1]")
+        with pytest.raises(CorruptFile, match="is not a JSON object"):
+            read_json_at(str(path))
+        write_json(path, {"n_batches": 2})
+        assert read_json_at(str(path)) == {"n_batches": 2}
+
+    def test_s3(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from orchestrator_ext import s3
+        from orchestrator_ext.report import read_json_at
+
+        objects = {"s3://b/run/batches/plan.json": b"garbage", "s3://b/run/ok.json": b"{}"}
+
+        def read_bytes(client: object, uri: str) -> bytes:
+            if uri not in objects:
+                raise MissingOutput(f"no object at {uri}")
+            return objects[uri]
+
+        monkeypatch.setattr(s3, "make_s3_client", lambda *a, **k: None)
+        monkeypatch.setattr(s3, "read_bytes", read_bytes)
+        assert read_json_at("s3://b/run/missing.json") is None
+        assert read_json_at("s3://b/run/ok.json") == {}
+        with pytest.raises(CorruptFile, match=r"^s3://b/run/batches/plan.json is not valid JSON"):
+            read_json_at("s3://b/run/batches/plan.json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +176,7 @@ class TestItemModeRun:
             rows.append({"id": i, "path": str(path)})
         pl.DataFrame(rows).write_csv(tmp_path / "files.csv")
         config = make_config(
-            input={"uri": str(tmp_path / "files.csv"), "format": "csv"},
+            input={"uri": str(tmp_path / "files.csv"), "format": "csv", "id_type": "integer"},
             batching={"max_items": 20},
             job={
                 "function": "orchestrator_ext.jobs.checksum:checksum_file",
@@ -289,7 +290,7 @@ class TestCoordinatorLease:
         )
         try:
             deadline = time.monotonic() + 120
-            while not lease_path(config["run_id"], tmp_path).exists():
+            while not lease_path(_layout(config).run_dir).exists():
                 assert first.poll() is None and time.monotonic() < deadline
                 time.sleep(0.05)
             second = run_snakemake(tmp_path, configfile, check=False)
@@ -300,4 +301,224 @@ class TestCoordinatorLease:
         assert f"already coordinated by snakemake pid {first.pid}" in output
         assert "Traceback" not in output
         assert first.returncode == 0
-        assert not lease_path(config["run_id"], tmp_path).exists(), "released on success"
+        assert not lease_path(_layout(config).run_dir).exists(), "released on success"
+
+    def test_a_second_coordinator_from_another_working_directory_is_refused(
+        self, tmp_path, make_config
+    ):
+        """The lease lives in the run folder, not in ``.snakemake/`` of the working
+        directory: a second snakemake elsewhere on the same run is refused in one line."""
+        import subprocess
+        import time
+
+        from conftest import snakemake_command
+
+        from orchestrator_ext.coordinator import lease_path
+        from orchestrator_ext.state import current_host
+
+        config = make_config()  # absolute output_root and input
+        configfile = _prepare(tmp_path, config)
+        first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+        first_dir.mkdir()
+        second_dir.mkdir()
+        lease = lease_path(_layout(config).run_dir)
+        first = subprocess.Popen(
+            snakemake_command(first_dir, configfile, "--cores", "1"),
+            cwd=first_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while not lease.exists():
+                assert first.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+            second = run_snakemake(second_dir, configfile, check=False)
+        finally:
+            first.wait(timeout=300)
+        output = second.stdout + second.stderr
+        assert second.returncode != 0
+        refusals = [line for line in output.splitlines() if "already coordinated" in line]
+        assert len(refusals) == 1, output
+        holder = (
+            f"error: run {config['run_id']} is already coordinated by snakemake pid "
+            f"{first.pid} on host {current_host()} (working directory {first_dir.resolve()}) "
+            "since "
+        )
+        assert refusals[0].startswith(holder), refusals[0]
+        since = refusals[0][len(holder) :].split(" ")[0]
+        assert since.endswith("+00:00"), refusals[0]
+        assert "Traceback" not in output and "empty file" not in output
+        assert first.returncode == 0
+        assert not lease.exists(), "released on success"
+        # No lease in the working directory (only the batch command's config file).
+        assert not list((second_dir / ".snakemake").rglob("*.coordinator.json"))
+
+
+def _batch_job(function: str, **params: Any) -> dict[str, Any]:
+    """A batch-mode ``job:`` of tests/jobs_for_tests.py (the test puts tests/ on PYTHONPATH)."""
+    return {
+        "function": f"jobs_for_tests:{function}",
+        "mode": "batch",
+        "combine": None,
+        "finalize": None,
+        "params": params,
+    }
+
+
+def _orchestrator_json(command: str, configfile: Path) -> dict[str, Any]:
+    import subprocess
+
+    from conftest import ORCHESTRATOR
+
+    out = subprocess.run(
+        [ORCHESTRATOR, command, "--configfile", str(configfile), "--json"],
+        capture_output=True, text=True, timeout=120, check=True, cwd=configfile.parent,
+    )  # fmt: skip
+    return json.loads(out.stdout)
+
+
+@pytest.fixture
+def tests_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``jobs_for_tests`` importable in the job processes."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent))
+
+
+@pytest.mark.usefixtures("tests_on_path")
+class TestEveryAttemptEndsInTheStateStore:
+    def test_a_crashed_batch_is_recorded_dead_and_not_rerun(self, tmp_path, make_config):
+        config = make_config(job=_batch_job("abort_batch"), merge={"mode": "concat"})
+        configfile = _prepare(tmp_path, config, n_items=50)  # one batch
+
+        result = run_snakemake(tmp_path, configfile, check=False)
+
+        assert result.returncode != 0
+        assert _attempts(config)["batch-00000"] == 1, "a crash is not resubmitted"
+        errors = _orchestrator_json("errors", configfile)
+        (failure,) = errors["failed_tasks"]
+        log = _layout(config).log("process_batch", "00000")
+        assert (failure["task_id"], failure["status"], failure["category"]) == (
+            "batch-00000", "DEAD", "permanent",
+        )  # fmt: skip
+        assert "killed by SIGABRT" in failure["message"] and log in failure["message"]
+        assert failure["log"] == log
+        assert "Fatal Python error: Aborted" in Path(log).read_text(), "the log tells why"
+        status = _orchestrator_json("status", configfile)
+        assert status["by_status"]["RUNNING"] == 0 and status["by_status"]["DEAD"] == 1
+
+    def test_a_jobs_output_goes_to_its_log_not_the_coordinators(self, tmp_path, make_config):
+        try:
+            from jobs_for_tests import CHATTY_MARKERS
+        except ImportError:  # pragma: no cover - run from the repository root as a package
+            from tests.jobs_for_tests import CHATTY_MARKERS
+
+        config = make_config(job=_batch_job("chatty_batch"), merge={"mode": "concat"})
+        configfile = _prepare(tmp_path, config, n_items=50)
+
+        result = run_snakemake(tmp_path, configfile)
+
+        coordinator = result.stdout + result.stderr
+        assert len(coordinator) < 100_000
+        log = Path(_layout(config).log("process_batch", "00000")).read_text()
+        assert len(log) > 1_000_000
+        for marker in CHATTY_MARKERS.values():
+            assert marker not in coordinator, marker
+            assert marker in log, marker
+
+    def test_a_batch_past_its_runtime_is_stopped_and_recorded(self, tmp_path, make_config):
+        # runtime is in whole minutes: one attempt (--retries 0) takes a minute.
+        config = make_config(
+            job=_batch_job("sleep_forever"), merge={"mode": "concat"}, resources={"runtime": 1}
+        )
+        configfile = _prepare(tmp_path, config, n_items=50)
+
+        result = run_snakemake(tmp_path, configfile, "--retries", "0", check=False, timeout=240)
+
+        assert result.returncode != 0
+        (failure,) = _orchestrator_json("errors", configfile)["failed_tasks"]
+        assert (failure["status"], failure["category"], failure["error_type"]) == (
+            "FAILED", "resource", "RuntimeExceeded",
+        )  # fmt: skip
+        assert failure["message"].startswith("exceeded its runtime of 1 min: stopped with SIGTERM")
+        log = Path(_layout(config).log("process_batch", "00000")).read_text()
+        assert "exceeded its runtime of 1 min" in log
+        assert _orchestrator_json("status", configfile)["by_status"]["RUNNING"] == 0
+
+
+class TestOutputContractRun:
+    """The output contract end to end: a batch breaking it fails the run permanently,
+    names what differs in its log, and no final result is published."""
+
+    @pytest.fixture(autouse=True)
+    def _test_jobs_importable(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+
+    @staticmethod
+    def _concat_config(make_config, **job: Any) -> dict[str, Any]:
+        return make_config(
+            job={"combine": None, "finalize": None, **job}, merge={"fan_in": 4, "mode": "concat"}
+        )
+
+    @staticmethod
+    def _error_lines(config: dict[str, Any]) -> dict[str, str]:
+        """Batch -> the ``error:`` line of its log, for the batches that failed."""
+        folder = Path(_layout(config).logs_dir) / "process_batch"
+        logs = {p.stem: p.read_text().splitlines() for p in folder.glob("*.log")}
+        return {
+            batch: next(line for line in lines if line.startswith("error: "))
+            for batch, lines in logs.items()
+            if any(line.startswith("error: ") for line in lines)
+        }
+
+    def test_a_batch_of_another_schema_fails_the_run(self, tmp_path, make_config):
+        # Bug 1: batch 0's Int64 and the others' String gave a final `v: Int64`, rc 0.
+        config = self._concat_config(
+            make_config, function="jobs_for_tests:typed_batch",
+            params={"dtype": "String", "dtypes": {"00000": "Int64"}},
+        )  # fmt: skip
+        result = run_snakemake(tmp_path, _prepare(tmp_path, config), check=False)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0
+        failed = self._error_lines(config)
+        assert failed, output
+        for batch, line in failed.items():
+            assert line.startswith(f"error: batch {batch}: result does not match the run's ")
+            # Whichever batch committed first, the other kind is refused, naming both types.
+            assert re.search(r"column 'v' is (String|Int64), the schema has (Int64|String);", line)
+            assert "String" in line and "Int64" in line
+            assert line in output
+        assert "not resubmitting" in output and "Traceback" not in output
+        layout = _layout(config)
+        assert not Path(layout.final).exists() and not Path(layout.manifest).exists()
+        for batch in failed:
+            assert not Path(layout.result(int(batch))).exists()
+
+    def test_a_batch_dropping_rows_fails_a_per_item_run(self, tmp_path, make_config):
+        # Bug 2: a job that drops half its rows gave a manifest "1000 = 1000 + 0", rc 0.
+        config = self._concat_config(
+            make_config, function="jobs_for_tests:rows_batch", rows="per_item",
+            params={"rows": "drop_half"},
+        )  # fmt: skip
+        result = run_snakemake(tmp_path, _prepare(tmp_path, config), check=False)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0
+        failed = self._error_lines(config)
+        assert failed, output
+        for batch, line in failed.items():
+            assert line == f"error: batch {batch}: 50 rows for 100 items (job.rows: per_item)"
+            assert line in output
+        layout = _layout(config)
+        assert not Path(layout.final).exists() and not Path(layout.manifest).exists()
+
+    def test_a_run_keeping_the_contract_proves_it(self, tmp_path, make_config):
+        schema = {"id": "Int64", "doubled": "Int64"}
+        config = self._concat_config(
+            make_config, function="jobs_for_tests:rows_batch", rows="per_item", output_schema=schema
+        )
+        run_snakemake(tmp_path, _prepare(tmp_path, config))
+        layout = _layout(config)
+        manifest = json.loads(Path(layout.manifest).read_text())
+        assert manifest["rows_out"] == manifest["items_processed"] == 1000
+        assert manifest["output_contract"] == {
+            "schema": [["doubled", "Int64"], ["id", "Int64"]], "declared": True,
+            "rows": "per_item", "held": True,
+        }  # fmt: skip
+        assert pl.read_parquet(layout.final).height == 1000

@@ -9,6 +9,10 @@ so a stale writer gets ``StateConflict`` instead of overwriting. An attempt is f
 the attempt that currently holds a task (the latest ``begin_attempt``) may commit it, so two
 racing attempts of one batch can never both commit. Every status change is also appended to
 an audit log of transitions, which is never updated in place.
+
+Besides the tasks, a run has *facts*: named values recorded once (``claim_fact``: the first
+writer wins, later ones read its value), e.g. the run's output schema. A re-partition
+forgets them (``start_plan``).
 """
 
 from __future__ import annotations
@@ -27,8 +31,17 @@ if TYPE_CHECKING:
     from orchestrator_ext.config import RunConfig
 
 
+#: Fact holding the run's output schema (canonical JSON of [name, dtype] pairs), recorded
+#: by the first batch to commit unless ``job.output_schema`` declares it (``process``).
+FACT_OUTPUT_SCHEMA = "output_schema"
+#: Facts of one plan: ``start_plan`` forgets them (the new plan may run another job).
+PLAN_FACTS = (FACT_OUTPUT_SCHEMA,)
+
+
 class TaskStatus(enum.StrEnum):
-    """Life cycle of a task. FAILED may be retried; DEAD will not be."""
+    """Life cycle of a task. FAILED may be retried; DEAD will not be. SUPERSEDED: a later
+    plan (a re-partition) no longer names the task; its row and history are kept, but
+    ``StateStore.tasks`` leaves it out."""
 
     PENDING = "PENDING"
     SUBMITTED = "SUBMITTED"
@@ -36,6 +49,7 @@ class TaskStatus(enum.StrEnum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     DEAD = "DEAD"
+    SUPERSEDED = "SUPERSEDED"
 
 
 @dataclass(frozen=True)
@@ -133,8 +147,12 @@ class StateStore(abc.ABC):
         """The task's row, or None."""
 
     @abc.abstractmethod
+    def all_tasks(self) -> list[TaskRecord]:
+        """Every row of the run, superseded ones included, ordered by task id."""
+
     def tasks(self) -> list[TaskRecord]:
-        """All rows of the run, ordered by task id."""
+        """The rows of the run's current plan (not SUPERSEDED), ordered by task id."""
+        return [r for r in self.all_tasks() if r.status is not TaskStatus.SUPERSEDED]
 
     @abc.abstractmethod
     def transitions(self, task_id: str | None = None) -> list[Transition]:
@@ -161,6 +179,22 @@ class StateStore(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+    # -- run-level facts: write-once values the run's tasks agree on ----------------------
+
+    @abc.abstractmethod
+    def claim_fact(self, name: str, value: str) -> str:
+        """Record ``value`` as the run's fact ``name`` unless one is recorded already (one
+        conditional write); return the recorded value: ``value`` if this call was first,
+        else the earlier one. Never overwrites."""
+
+    @abc.abstractmethod
+    def get_fact(self, name: str) -> str | None:
+        """The run's fact ``name``, or None if none is recorded."""
+
+    @abc.abstractmethod
+    def forget_fact(self, name: str) -> None:
+        """Forget the run's fact ``name`` (idempotent); the next ``claim_fact`` records anew."""
 
     # -- events: each is one conditional write ------------------------------------------
 
@@ -320,9 +354,115 @@ class StateStore(abc.ABC):
         )
         self._update(lease.task_id, record.version, changes, transition)
 
+    def record_lost_attempt(
+        self,
+        task_id: str,
+        attempt: int,
+        category: str,
+        reason: str,
+        error_type: str = "LostAttempt",
+    ) -> bool:
+        """Record the failure of an attempt whose process died without recording it.
+
+        The executor calls this when a job failed and the task is still RUNNING at the
+        attempt that job ran: the process was killed (a signal, OOM, a time limit) before
+        ``attempt_scope`` could call ``fail``. Written as FAILED, or DEAD for a permanent
+        ``category``, like ``fail``; the transition's detail is ``"<category>: <reason>"``.
+        Nothing is written unless the row is RUNNING at ``attempt``: a failure the job
+        recorded itself, or a row a newer attempt holds, is left as it is.
+
+        Returns:
+            Whether the failure was recorded.
+        """
+        from orchestrator_ext.errors import Category, StateConflict
+
+        status = TaskStatus.DEAD if category == str(Category.PERMANENT) else TaskStatus.FAILED
+        for _ in range(5):  # only a write between our read and ours (progress) retries
+            record = self.get(task_id)
+            if record is None or record.attempt != attempt:
+                return False
+            if record.status != TaskStatus.RUNNING:
+                return False
+            at = now_iso()
+            changes = {
+                "status": str(status),
+                "finished_at": at,
+                "error_category": category,
+                "error_type": error_type,
+                "error_message": reason[:2000],
+            }
+            transition = Transition(
+                task_id, "RUNNING", str(status), attempt, at, record.host, record.slurm_job_id,
+                f"{category}: {reason[:500]}",
+            )  # fmt: skip
+            try:
+                self._update(task_id, record.version, changes, transition)
+            except StateConflict:
+                continue
+            return True
+        return False
+
+    def start_plan(self, task_ids: list[str], items: dict[str, int], keep: str) -> int:
+        """Make the store hold exactly a new plan's tasks (a partition, first or again).
+
+        Tasks of the plan that already have a row (from an earlier plan) start over as
+        PENDING with the new item count; rows the plan does not name become SUPERSEDED;
+        new tasks get PENDING rows. Attempt numbers are kept, so an attempt of the old plan
+        still running can never commit (its lease no longer holds). Every change is one
+        conditional write with a transition in the audit log. The facts of the old plan
+        (``PLAN_FACTS``: the recorded output schema) are forgotten last.
+
+        Args:
+            task_ids: every task of the new plan.
+            items: item count per batch task.
+            keep: the task doing this (the partition), left as it is.
+
+        Returns:
+            How many existing rows were reset or superseded.
+        """
+        wanted = set(task_ids)
+        changed = 0
+        for record in self.all_tasks():
+            if record.task_id == keep:
+                continue
+            if record.task_id in wanted:
+                fresh = record.status is TaskStatus.PENDING and record.items == items.get(
+                    record.task_id
+                )
+                if fresh:
+                    continue
+                status, detail = TaskStatus.PENDING, "re-partitioned: starts over"
+            elif record.status is TaskStatus.SUPERSEDED:
+                continue
+            else:
+                status, detail = TaskStatus.SUPERSEDED, "re-partitioned: not in the new plan"
+            changes: dict[str, Any] = {
+                "status": str(status),
+                "items": items.get(record.task_id),
+                "items_done": None,
+                "items_dead": None,
+                "output_sha256": None,
+                "started_at": None,
+                "finished_at": None,
+                "error_category": None,
+                "error_type": None,
+                "error_message": None,
+            }
+            transition = Transition(
+                record.task_id, str(record.status), str(status), record.attempt, now_iso(),
+                detail=detail,
+            )  # fmt: skip
+            self._update(record.task_id, record.version, changes, transition)
+            changed += 1
+        self.ensure_tasks(task_ids, items)
+        # Last: an attempt of the old plan that records a fact after this is fenced anyway.
+        for name in PLAN_FACTS:
+            self.forget_fact(name)
+        return changed
+
     def counts(self) -> dict[str, int]:
-        """Number of tasks in each status (every status present, zero included)."""
-        counts = {str(s): 0 for s in TaskStatus}
+        """Number of current tasks in each status (every status present, zero included)."""
+        counts = {str(s): 0 for s in TaskStatus if s is not TaskStatus.SUPERSEDED}
         for record in self.tasks():
             counts[str(record.status)] += 1
         return counts

@@ -18,6 +18,16 @@ Table layout (on-demand capacity, created by ``orchestrator init``):
   task's log is one Query on a prefix, and a transition can be written only once (its put is
   conditional on ``attribute_not_exists``), so the log cannot be rewritten through this API.
   The task's own id is kept in the attribute ``of_task``.
+- **The coordinator lease** (``orchestrator_ext.coordinator``): sort key ``~coordinator``,
+  outside both ranges above (it sorts after ``~`` and is not under ``~transition#``), so
+  ``tasks()``, ``transitions()`` and the status counts never see it. Taken with a put
+  conditional on there being no holder, taken over with a put conditional on the old
+  holder's ``token``, released by an update that removes the holder (the row stays).
+- **Run facts** (``StateStore.claim_fact``): sort key ``~fact#<name>`` (e.g.
+  ``~fact#output_schema``), after ``~`` and outside ``~transition#``, so kept out of the
+  task and log queries like the lease. Claimed with a put conditional on the row holding no
+  ``value``, forgotten by an update that removes ``value`` (the row stays), so the policy of
+  ``orchestrator iam-policy`` needs no DeleteItem.
 
 Writes: every ``_update`` is a TransactWriteItems holding an Update conditional on
 ``version`` (which it bumps) and, if there is one, the transition's Put, so the row and its
@@ -71,6 +81,11 @@ SORT_KEY = "task_id"
 TRANSITION_PREFIX = "~transition#"
 #: Upper bound (exclusive) of the task rows' sort keys.
 TASKS_END = "~"
+#: Sort key of the run's coordinator lease: after ``~``, outside the task rows and the log.
+COORDINATOR_KEY = "~coordinator"
+_LEASE_FIELDS = ("host", "pid", "workdir", "started_at", "token")
+#: Sort-key prefix of the run's facts: after ``~``, outside the task rows and the log.
+FACT_PREFIX = "~fact#"
 #: AWS rejects a BatchWriteItem with more than 25 requests (our local server does not).
 BATCH_WRITE_LIMIT = 25
 _TRANSITION_FIELDS = ("from_status", "to_status", "attempt", "at", "host", "slurm_job_id", "detail")
@@ -379,6 +394,100 @@ def build_transitions_query(
     if page_size is not None:
         query["Limit"] = page_size
     return query
+
+
+def build_coordinator_put(
+    table: str, run_id: str, lease: dict[str, Any], expected_token: str | None
+) -> dict[str, Any]:
+    """PutItem arguments writing the coordinator lease: if the run has no holder
+    (``expected_token`` None), or else only if the holder is still the one with that token."""
+    values = {k: lease.get(k) for k in _LEASE_FIELDS}
+    values.update({PARTITION_KEY: run_id, SORT_KEY: COORDINATOR_KEY, "item_type": "coordinator"})
+    request: dict[str, Any] = {
+        "TableName": table,
+        "Item": to_item(values),
+        "ExpressionAttributeNames": {"#token": "token"},
+    }
+    if expected_token is None:
+        request["ConditionExpression"] = "attribute_not_exists(#token)"
+    else:
+        request["ConditionExpression"] = "#token = :old"
+        request["ExpressionAttributeValues"] = {":old": to_attribute(expected_token)}
+    return request
+
+
+def build_coordinator_clear(
+    table: str, run_id: str, holder: tuple[str, int] | None, at: str
+) -> dict[str, Any]:
+    """UpdateItem arguments removing the lease's holder (the row stays, with
+    ``released_at``), only if there is one and, given ``holder`` = (host, pid), it is that."""
+    names = {f"#f{i}": name for i, name in enumerate(_LEASE_FIELDS)}
+    names.update({"#token": "token", "#released": "released_at"})
+    values: dict[str, dict[str, str]] = {":at": to_attribute(at)}
+    condition = "attribute_exists(#token)"
+    if holder is not None:
+        names.update({"#host": "host", "#pid": "pid"})
+        values.update({":host": to_attribute(holder[0]), ":pid": to_attribute(holder[1])})
+        condition += " AND #host = :host AND #pid = :pid"
+    return {
+        "TableName": table,
+        "Key": _key(run_id, COORDINATOR_KEY),
+        "UpdateExpression": f"REMOVE {', '.join(f'#f{i}' for i in range(len(_LEASE_FIELDS)))} "
+        "SET #released = :at",
+        "ConditionExpression": condition,
+        "ExpressionAttributeNames": names,
+        "ExpressionAttributeValues": values,
+        "ReturnValues": "ALL_OLD",
+    }
+
+
+def fact_sort_key(name: str) -> str:
+    """Sort key of the run's fact ``name``.
+
+    Raises:
+        ValueError: the name is empty.
+    """
+    if not name:
+        raise ValueError("a fact needs a name")
+    return f"{FACT_PREFIX}{name}"
+
+
+def build_fact_claim(table: str, run_id: str, name: str, value: str, at: str) -> dict[str, Any]:
+    """PutItem arguments recording fact ``name`` = ``value`` only if none is recorded."""
+    values = {
+        PARTITION_KEY: run_id,
+        SORT_KEY: fact_sort_key(name),
+        "item_type": "fact",
+        "value": value,
+        "recorded_at": at,
+    }
+    return {
+        "TableName": table,
+        "Item": to_item(values),
+        "ConditionExpression": "attribute_not_exists(#value)",
+        "ExpressionAttributeNames": {"#value": "value"},
+    }
+
+
+def build_fact_forget(table: str, run_id: str, name: str, at: str) -> dict[str, Any]:
+    """UpdateItem arguments removing fact ``name``'s value (the row stays, with
+    ``forgotten_at``); unconditional, so forgetting is idempotent."""
+    return {
+        "TableName": table,
+        "Key": _key(run_id, fact_sort_key(name)),
+        "UpdateExpression": "REMOVE #value SET #forgotten = :at",
+        "ExpressionAttributeNames": {"#value": "value", "#forgotten": "forgotten_at"},
+        "ExpressionAttributeValues": {":at": to_attribute(at)},
+    }
+
+
+def parse_coordinator_item(item: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The lease a coordinator row holds, or None if it has no holder."""
+    values = from_item(item)
+    if "token" not in values:
+        return None
+    lease = {k: values[k] for k in _LEASE_FIELDS if k in values}
+    return {"run_id": values[PARTITION_KEY], **lease}
 
 
 def build_create_table_request(name: str) -> dict[str, Any]:
@@ -734,7 +843,7 @@ class DynamoStateStore(StateStore):
         item = response.get("Item")
         return parse_task_item(item) if item else None
 
-    def tasks(self) -> list[TaskRecord]:
+    def all_tasks(self) -> list[TaskRecord]:
         return [
             parse_task_item(i)
             for i in self._query(
@@ -783,4 +892,69 @@ class DynamoStateStore(StateStore):
                     f"task {task_id}: a transition for version {expected_version + 1} is "
                     "already recorded; re-read before writing"
                 ) from None
+            raise
+
+    # -- run facts (StateStore.claim_fact) ----------------------------------------------
+
+    def claim_fact(self, name: str, value: str) -> str:
+        request = build_fact_claim(self.table, self.run_id, name, value, now_iso())
+        if self._conditional("put_item", request) is not None:
+            return value
+        recorded = self.get_fact(name)
+        if recorded is None:  # forgotten between the refused put and the read: claim again
+            return self.claim_fact(name, value)
+        return recorded
+
+    def get_fact(self, name: str) -> str | None:
+        with _translated_errors(self._target):
+            response = self._client.get_item(
+                TableName=self.table,
+                Key=_key(self.run_id, fact_sort_key(name)),
+                ConsistentRead=True,
+            )
+        value = from_item(response.get("Item", {})).get("value")
+        return str(value) if value is not None else None
+
+    def forget_fact(self, name: str) -> None:
+        # An UpdateItem without a condition (granted: orchestrator_ext.iam).
+        self._conditional(
+            "update_item", build_fact_forget(self.table, self.run_id, name, now_iso())
+        )
+
+    # -- the coordinator lease (orchestrator_ext.coordinator) ---------------------------
+
+    def read_coordinator(self) -> dict[str, Any] | None:
+        """The run's coordinator lease, or None if it has no holder."""
+        with _translated_errors(self._target):
+            response = self._client.get_item(
+                TableName=self.table, Key=_key(self.run_id, COORDINATOR_KEY), ConsistentRead=True
+            )
+        item = response.get("Item")
+        return parse_coordinator_item(item) if item else None
+
+    def put_coordinator(self, lease: dict[str, Any], expected_token: str | None) -> bool:
+        """Write the lease if the run has no holder (``expected_token`` None) or the holder
+        still has ``expected_token``; False if not."""
+        request = build_coordinator_put(self.table, self.run_id, lease, expected_token)
+        return self._conditional("put_item", request) is not None
+
+    def clear_coordinator(self, holder: tuple[str, int] | None) -> dict[str, Any] | None:
+        """Remove the lease's holder (only ``holder`` = (host, pid), if given); return the
+        lease removed, or None if there was none (or another holder has it)."""
+        request = build_coordinator_clear(self.table, self.run_id, holder, now_iso())
+        response = self._conditional("update_item", request)
+        if response is None:
+            return None
+        return parse_coordinator_item(response.get("Attributes", {}))
+
+    def _conditional(self, operation: str, request: dict[str, Any]) -> dict[str, Any] | None:
+        """Send a single conditional write; None if its condition failed."""
+        from botocore.exceptions import ClientError
+
+        try:
+            with _translated_errors(self._target):
+                return getattr(self._client, operation)(**request)  # type: ignore[no-any-return]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return None
             raise

@@ -46,6 +46,11 @@ CREATE TRIGGER IF NOT EXISTS transitions_no_update BEFORE UPDATE ON transitions
 BEGIN SELECT RAISE(ABORT, 'transitions are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS transitions_no_delete BEFORE DELETE ON transitions
 BEGIN SELECT RAISE(ABORT, 'transitions are append-only'); END;
+-- Run-level facts (StateStore.claim_fact); IF NOT EXISTS also adds it to older files.
+CREATE TABLE IF NOT EXISTS facts (
+    run_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, recorded_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, name)
+);
 """
 
 
@@ -131,13 +136,40 @@ class SqliteStateStore(StateStore):
             raise
         return inserted
 
+    def claim_fact(self, name: str, value: str) -> str:
+        from orchestrator_ext.state import now_iso
+
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(
+                "INSERT OR IGNORE INTO facts (run_id, name, value, recorded_at) VALUES (?,?,?,?)",
+                (self.run_id, name, value, now_iso()),
+            )
+            row = self._db.execute(
+                "SELECT value FROM facts WHERE run_id = ? AND name = ?", (self.run_id, name)
+            ).fetchone()
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return str(row["value"])
+
+    def get_fact(self, name: str) -> str | None:
+        row = self._db.execute(
+            "SELECT value FROM facts WHERE run_id = ? AND name = ?", (self.run_id, name)
+        ).fetchone()
+        return str(row["value"]) if row else None
+
+    def forget_fact(self, name: str) -> None:
+        self._db.execute("DELETE FROM facts WHERE run_id = ? AND name = ?", (self.run_id, name))
+
     def get(self, task_id: str) -> TaskRecord | None:
         row = self._db.execute(
             "SELECT * FROM tasks WHERE run_id = ? AND task_id = ?", (self.run_id, task_id)
         ).fetchone()
         return TaskRecord.from_record(dict(row)) if row else None
 
-    def tasks(self) -> list[TaskRecord]:
+    def all_tasks(self) -> list[TaskRecord]:
         rows = self._db.execute(
             "SELECT * FROM tasks WHERE run_id = ? ORDER BY task_id", (self.run_id,)
         ).fetchall()

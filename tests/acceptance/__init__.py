@@ -1,0 +1,1 @@
+"""Acceptance suite (a package, so its conftest never shadows tests/conftest.py)."""
