@@ -74,6 +74,12 @@ class OutputContractError(OrchestratorError):
     input gives the same output, so a retry cannot help)."""
 
 
+class WrongReturnType(OutputContractError, TypeError):
+    """Raised when a batch job returns something other than a polars DataFrame (None, a
+    list, a pandas frame). A ``TypeError`` too, as the bug it is; an ``OrchestratorError``
+    so that the job's log holds one line, not a traceback of the framework's check."""
+
+
 class SchemaMismatch(OutputContractError):
     """Raised when a result's columns or types differ from the run's output schema, or
     when the children of a merge differ from each other (merges never cast)."""

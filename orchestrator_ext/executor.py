@@ -78,41 +78,89 @@ def task_id_for_job(rule: str, wildcards: dict[str, str]) -> str | None:
     }.get(rule)
 
 
-def is_permanent_failure(raw_config: dict[str, Any], rule: str, wildcards: dict[str, str]) -> bool:
-    """Whether the state store says the task's last attempt failed permanently (DEAD).
+def recorded_state(raw_config: dict[str, Any], rule: str, wildcards: dict[str, str]) -> Any:
+    """The state store's row of the task a job works on (a ``TaskRecord``), or None.
 
-    Never raises: if state cannot be read, the answer is False and Snakemake's ordinary
+    Never raises: if state cannot be read, the answer is None and Snakemake's ordinary
     retry policy applies.
     """
     from orchestrator_ext.config import load_config
-    from orchestrator_ext.state import TaskStatus, open_state_store
+    from orchestrator_ext.state import open_state_store
 
     task_id = task_id_for_job(rule, wildcards)
     if task_id is None:
-        return False
+        return None
     try:
         store = open_state_store(load_config(raw_config))
         try:
-            record = store.get(task_id)
+            return store.get(task_id)
         finally:
             store.close()
     except Exception as exc:  # monitoring must never break the run
         logger.debug("cannot read state of %s: %s", task_id, exc)
-        return False
+        return None
+
+
+def is_permanent_failure(raw_config: dict[str, Any], rule: str, wildcards: dict[str, str]) -> bool:
+    """Whether the state store says the task's last attempt failed permanently (DEAD)."""
+    from orchestrator_ext.state import TaskStatus
+
+    record = recorded_state(raw_config, rule, wildcards)
     return record is not None and record.status == TaskStatus.DEAD
 
 
+def failure_line(record: Any, log: str | None) -> str | None:
+    """One line saying why a task's attempt failed, from its state row (None if the row
+    records no failure): what the coordinator prints instead of the job's whole log."""
+    from orchestrator_ext.state import TaskStatus
+
+    if record is None or record.status not in (TaskStatus.FAILED, TaskStatus.DEAD):
+        return None
+    again = "not retried" if record.status == TaskStatus.DEAD else "may be retried"
+    where = f"; log: {log}" if log else ""
+    message = " ".join((record.error_message or "").split())
+    return (
+        f"error: {record.task_id} attempt {record.attempt} failed ({record.error_category}, "
+        f"{again}): {record.error_type}: {message}{where}"
+    )
+
+
+def logged_error_line(job: Any, log: str | None) -> str | None:
+    """The job's own one-line error (the last ``error: ...`` line ``run_step`` wrote to its
+    log), for a failure the state store could not record (e.g. the store is unreachable)."""
+    if not log:
+        return None
+    try:
+        with open(log, errors="replace") as handle:
+            errors = [line.strip() for line in handle if line.startswith("error: ")]
+    except OSError:
+        return None
+    if not errors:
+        return None
+    return f"error: {job.rule.name} {dict(job.wildcards)}: {errors[-1][7:]}; log: {log}"
+
+
 class PermanentFailureAware:
-    """Mixin for an executor: no resubmission of jobs whose failure was permanent."""
+    """Mixin for an executor: no resubmission of jobs whose failure was permanent, and one
+    line per failed job naming the recorded cause and the log (the profiles do not print
+    failed jobs' logs: a traceback belongs in the log, not in the run's output)."""
 
     workflow: Any
     logger: Any
 
     def handle_job_error(self, job: Any) -> None:
         super().handle_job_error(job)  # type: ignore[misc]
+        from orchestrator_ext.state import TaskStatus
+
         jobs = job.jobs if hasattr(job, "jobs") else [job]  # group jobs hold several
         for one in jobs:
-            if is_permanent_failure(self.workflow.config, one.rule.name, dict(one.wildcards)):
+            record = recorded_state(self.workflow.config, one.rule.name, dict(one.wildcards))
+            logs = [str(f) for f in getattr(one, "log", None) or []]
+            log = logs[0] if logs else None
+            line = failure_line(record, log) or logged_error_line(one, log)
+            if line:
+                self.logger.error(line)
+            if record is not None and record.status == TaskStatus.DEAD:
                 if job.restart_times > job.attempt - 1:
                     self.logger.info(
                         f"{one.rule.name} {dict(one.wildcards)}: permanent failure (see "

@@ -60,6 +60,7 @@ from orchestrator_ext.errors import (
     RowsMismatch,
     SchemaMismatch,
     StateConflict,
+    WrongReturnType,
     classify,
     describe,
 )
@@ -435,7 +436,9 @@ def run_batch_mode(
                 hint = "convert it with polars.from_pandas()"
             else:
                 hint = "convert it with polars.DataFrame()"
-            raise TypeError(f"job returned {_kind_of(out)}, expected a polars DataFrame; {hint}")
+            raise WrongReturnType(
+                f"job returned {_kind_of(out)}, expected a polars DataFrame; {hint}"
+            )
         parts.append(out)
     result = concat_strict(parts, f"batch {ctx.batch_id}: the job's results")
     return BatchOutcome(result, dead, items.height)

@@ -444,3 +444,25 @@ class TestBothExecutorsRecordLostAttempts:
         assert type(module.sp).__name__ == "_TrackingSubprocess"
         assert module.sp.PIPE == subprocess.PIPE
         assert module.sp.CalledProcessError is subprocess.CalledProcessError
+
+
+class TestFailureLine:
+    def test_names_task_attempt_category_cause_and_log(self) -> None:
+        from orchestrator_ext.executor import failure_line
+        from orchestrator_ext.state import TaskRecord, TaskStatus
+
+        record = TaskRecord(
+            "batch-00003", TaskStatus.DEAD, attempt=1, error_category="permanent",
+            error_type="TypeError", error_message="job returned list,\n expected a DataFrame",
+        )  # fmt: skip
+        assert failure_line(record, "run/logs/process_batch/00003.log") == (
+            "error: batch-00003 attempt 1 failed (permanent, not retried): TypeError: job "
+            "returned list, expected a DataFrame; log: run/logs/process_batch/00003.log"
+        )
+
+    def test_nothing_for_a_task_that_recorded_no_failure(self) -> None:
+        from orchestrator_ext.executor import failure_line
+        from orchestrator_ext.state import TaskRecord, TaskStatus
+
+        assert failure_line(TaskRecord("final", TaskStatus.RUNNING, attempt=2), None) is None
+        assert failure_line(None, None) is None

@@ -659,8 +659,9 @@ class TestBatchModeReturns:
             run_batch(4, job)
         state = store.get("batch-00000")
         assert state.status is TaskStatus.DEAD
-        assert (state.error_category, state.error_type) == ("permanent", "TypeError")
-        assert state.error_message == f"TypeError: {message}"
+        # A package error (one line in the job's log, no traceback), and a TypeError.
+        assert (state.error_category, state.error_type) == ("permanent", "WrongReturnType")
+        assert state.error_message == f"WrongReturnType: {message}"
         _nothing_published(run_batch.paths)
 
 

@@ -153,3 +153,51 @@ def test_yaml_syntax_error_names_the_file_and_line(lab: Path, tool: str) -> None
     }
     assert numbers & {4, 5}, f"no line number of the error beside the file name: {named}"
     assert not (lab / "out").exists()
+
+
+BUGGY_JOBS = """
+import polars as pl
+
+
+def returns_a_list(batch, ctx):
+    return batch.to_dicts()
+
+
+def partial(batch, ctx):
+    return batch.group_by("station").agg(pl.len().alias("n"))
+
+
+def combine(partials, ctx):
+    return partials.group_by("station").agg(pl.col("no_such_column").sum())
+"""
+
+
+@pytest.mark.parametrize(
+    ("job", "task", "cause", "traceback_in_log"),
+    [
+        ({"function": "buggy_jobs:returns_a_list"}, "batch-00000", "WrongReturnType: job "
+         "returned list, expected a polars DataFrame", False),
+        ({"function": "buggy_jobs:partial", "combine": "buggy_jobs:combine"}, "final",
+         "ColumnNotFoundError", True),
+    ],
+    ids=["wrong-return", "bug-in-combine"],
+)  # fmt: skip
+def test_a_failing_job_is_one_line_in_the_run_output(
+    lab: Path, job: dict, task: str, cause: str, traceback_in_log: bool
+) -> None:
+    (lab / "buggy_jobs.py").write_text(BUGGY_JOBS)
+    sensor_readings(30, seed=9).write_csv(lab / "readings.csv")
+    config = {
+        "run_id": "buggy",
+        "output_root": "out",
+        "input": {"uri": "readings.csv", "format": "csv"},
+        "batching": {"max_items": 50},
+        "job": job,
+        "merge": {"mode": "reduce" if "combine" in job else "concat"},
+    }
+    result = run_snakemake(lab, write_config(lab, config), check=False)
+    line = assert_refused(result, rf"^error: {task} attempt 1 failed \(permanent")
+    assert cause in line
+    log = line.rsplit("; log: ", 1)[1]
+    text = (lab / log).read_text()
+    assert ("Traceback" in text) is traceback_in_log, text
