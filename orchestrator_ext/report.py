@@ -232,11 +232,12 @@ def figure_throughput(data: ReportData) -> Figure:
     import plotly.graph_objects as go
 
     rows = {t.task_id: t for t in data.tasks}
+    # By time only: two batches may finish at the same microsecond, and task rows do not order.
     finished = sorted(
-        (s.ended_at, rows[s.task_id])
-        for s in data.spans
-        if s.outcome == "SUCCEEDED" and s.ended_at and s.task_id in rows
-        and rows[s.task_id].kind == "batch"
+        ((s.ended_at, rows[s.task_id]) for s in data.spans
+         if s.outcome == "SUCCEEDED" and s.ended_at and s.task_id in rows
+         and rows[s.task_id].kind == "batch"),
+        key=lambda pair: pair[0],
     )  # fmt: skip
     fig = go.Figure()
     if not finished:

@@ -113,6 +113,18 @@ class TestFigures:
         cumulative = figures["plot-throughput"].data[0].y
         assert cumulative[-1] == N_ITEMS - len(BAD_IDS)
 
+    def test_batches_finishing_at_the_same_instant(self, data) -> None:
+        # Sorting (time, task row) pairs compared the rows on a tie: a TypeError that failed
+        # the dashboard job of a run whose batches ended in the same microsecond.
+        from dataclasses import replace
+
+        at = "2026-12-01T15:03:31.000001+00:00"
+        data.spans = [
+            replace(s, ended_at=at) if s.outcome == "SUCCEEDED" else s for s in data.spans
+        ]
+        cumulative = build_figures(data)["plot-throughput"].data[0].y
+        assert cumulative[-1] == N_ITEMS - len(BAD_IDS)
+
     def test_merge_tree_shape_and_status(self) -> None:
         statuses = {"batch-00000": "SUCCEEDED", "merge-L1-part-00001": "RUNNING"}
         nodes = merge_tree_nodes(5, 2, statuses)
