@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, NoReturn
 
 from orchestrator_ext.config import RunConfig, config_sha256, load_config
 from orchestrator_ext.layout import RunLayout, children, level_sizes, root_level
@@ -83,15 +83,12 @@ def load_run_config(raw: dict) -> RunConfig:  # type: ignore[type-arg]
     ``config``) in place, so every job's ``snakemake.config`` is the validated config and
     the job's ``run_step`` need not check it again.
     """
-    import sys
-
     from orchestrator_ext.errors import ConfigError
 
     try:
         run = load_config(raw)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+        _stop(str(exc))
     raw.update(run.raw)
     return run
 
@@ -100,31 +97,25 @@ def acquire_coordinator(run: RunConfig) -> None:
     """Take the run's coordinator lease (``onstart``), kept with the run (its folder, or its
     state table for a run in S3); a busy lease or an unreachable state table stops the run
     with one line instead of a traceback."""
-    import sys
-
     from orchestrator_ext.coordinator import acquire
     from orchestrator_ext.errors import OrchestratorError
 
     try:
         acquire(run)
     except (OrchestratorError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+        _stop(str(exc))
 
 
 def publish_resolved_config(run: RunConfig) -> None:
     """Write the run's resolved config into its folder (``onstart``, after the lease), or
     stop with one line if the folder cannot be written."""
-    import sys
-
     from orchestrator_ext.config import publish_resolved_config as publish
     from orchestrator_ext.errors import OrchestratorError
 
     try:
         publish(run)
     except (OrchestratorError, OSError) as exc:
-        print(f"error: cannot write the run's config.json: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+        _stop(f"cannot write the run's config.json: {exc}")
 
 
 def release_coordinator(run: RunConfig) -> None:
@@ -181,7 +172,6 @@ def read_plan_shape(plan_path: str) -> PlanShape:
             f"{plan_path} {problem}: the partition's output is incomplete; rerun with "
             "--forcerun partition_items to partition the input again"
         )
-        raise  # not reached: _stop exits
 
 
 @lru_cache(maxsize=8)
@@ -206,7 +196,6 @@ def input_fingerprint(run: RunConfig) -> str:
         return current_fingerprint(run.input)
     except OrchestratorError as exc:
         _stop(str(exc))
-        raise  # not reached
 
 
 def check_plan_input(plan: PlanShape, run: RunConfig, plan_path: str) -> None:
@@ -253,8 +242,9 @@ def _job_config_file(run_id: str, sha256: str, text: str) -> str:
     return path
 
 
-def _stop(message: str) -> None:
+def _stop(message: str) -> NoReturn:
+    """End Snakemake with one line (``error: ...``) instead of a traceback."""
     import sys
 
     print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(1)
+    raise SystemExit(1) from None
