@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 EXAMPLE_ITEMS ?= 200000
 PY_DIRS := orchestrator_ext tests scripts $(wildcard bench) snakemake_executor_plugin_orchestrator_local snakemake_executor_plugin_orchestrator_slurm snakemake_storage_plugin_orchestrator_s3
 
-.PHONY: run test lint services bench clean
+.PHONY: run test unit lint services bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -33,10 +33,11 @@ run: $(VENV)/.installed data/records.parquet
 	@echo "manifest: results/demo/manifest.json"
 	@echo "status:   $(BIN)/orchestrator status"
 
-## lint: ruff, snakefmt and snakemake --lint
+## lint: ruff, mypy, snakefmt and snakemake --lint
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check $(PY_DIRS)
 	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/mypy
 	$(BIN)/snakefmt --check workflow rules
 	$(BIN)/snakemake --lint --configfile config/config.yaml
 
@@ -47,6 +48,10 @@ services: $(VENV)/.installed-test
 ## test: everything the tests need, then the whole suite
 test: lint services
 	$(BIN)/pytest -q
+
+## unit: the fast tests, which need no service and run no workflow (markers: tests/conftest.py)
+unit: $(VENV)/.installed-test
+	$(BIN)/pytest -q -m "not service and not workflow"
 
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install --quiet -e ".[test,bench]" --config-settings editable_mode=compat

@@ -386,7 +386,7 @@ STEPS = [
         "snakemake.jobs.get_mtime",
         "after a job: exists + mtime of other jobs' outputs (Job.output_mintime)",
     ),
-    ("local_plan_file", "our input functions: plan.json fresh? (rules/common.smk)"),
+    ("local_plan_file", "our input functions: plan.json fresh? (orchestrator_ext/plan_cache.py)"),
     ("inventory", "DAG build: inventory of the bucket (one listing)"),
     ("snakemake.dag.", "DAG (re)evaluation: missing / outdated outputs, needrun"),
 ]

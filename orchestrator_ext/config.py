@@ -17,6 +17,7 @@ import copy
 import functools
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,13 @@ from typing import Any
 import yaml
 
 from orchestrator_ext.errors import ConfigError
+from orchestrator_ext.location import is_remote
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
+#: Deprecated top-level keys -> the key that replaced them (same settings).
+RENAMED_KEYS = {"checkpoint": "chunks"}
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -111,8 +117,9 @@ class ResourceSpec:
 
 
 @dataclass(frozen=True)
-class CheckpointSpec:
-    """When a batch persists a finished chunk (sub-batch checkpoints)."""
+class ChunksSpec:
+    """When a batch persists a finished chunk, for a retried attempt to resume after it
+    (``chunks``)."""
 
     every_items: int | None = None
     every_seconds: float | None = None
@@ -155,7 +162,7 @@ class RunConfig:
     retry: RetrySpec
     state: StateSpec
     resources: ResourceSpec = field(default_factory=ResourceSpec)
-    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
+    chunks: ChunksSpec = field(default_factory=ChunksSpec)
     error_rules: ErrorRulesSpec = field(default_factory=ErrorRulesSpec)
     faults: FaultSpec = field(default_factory=FaultSpec)
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
@@ -232,7 +239,8 @@ def _dtype_text(parsed: tuple[Any, ...]) -> str:
 
 def canonical_dtype(name: str) -> str:
     """The canonical spelling of a dtype name (``"List( Utf8 )"`` -> ``"List(String)"``,
-    ``"Datetime(us)"`` -> ``"Datetime"``); what ``process.dtype_name`` gives the polars dtype.
+    ``"Datetime(us)"`` -> ``"Datetime"``); what ``output_schema.dtype_name`` gives the
+    polars dtype.
 
     Raises:
         ValueError: the name is not one of ``DTYPE_HELP``.
@@ -314,10 +322,12 @@ def validate_config(raw: dict[str, Any]) -> dict[str, Any]:
     import jsonschema
 
     data = copy.deepcopy(dict(raw))
+    _check_renamed_keys(data)
     try:
         _default_filling_validator().validate(data)
     except jsonschema.ValidationError as exc:
         raise ConfigError(_schema_error_message(exc)) from None
+    _rename_keys(data)
     _check_consistency(data)
     _check_output_root(data["output_root"])
     return data
@@ -359,6 +369,31 @@ def _default_filling_validator() -> Any:
     return extended(schema)
 
 
+def _check_renamed_keys(data: dict[str, Any]) -> None:
+    """Warn of a deprecated key (once per validation); refuse it beside its new name.
+
+    Raises:
+        ConfigError: both the deprecated key and the one that replaced it are given.
+    """
+    for old, new in RENAMED_KEYS.items():
+        if old not in data:
+            continue
+        if new in data:
+            raise ConfigError(
+                f"invalid config: both '{new}' and '{old}' are given; '{old}' is the "
+                f"deprecated name of '{new}': keep only '{new}'"
+            )
+        logger.warning("config key '%s' is deprecated: call it '%s' (same settings)", old, new)
+
+
+def _rename_keys(data: dict[str, Any]) -> None:
+    """Move a deprecated key's settings (validated, defaults filled) to its new name; the
+    schema validates the old key as the new one, so that errors name the key as given."""
+    for old, new in RENAMED_KEYS.items():
+        if old in data:
+            data[new] = data.pop(old)
+
+
 def _check_consistency(data: dict[str, Any]) -> None:
     """Checks a JSON schema cannot express: keys that only make sense together."""
     job, merge, state = data["job"], data["merge"], data["state"]
@@ -369,12 +404,12 @@ def _check_consistency(data: dict[str, Any]) -> None:
         )
     if state["backend"] == "dynamodb" and not state.get("table"):
         raise ConfigError("invalid config: state.backend is 'dynamodb' but state.table is not set")
-    if state["backend"] == "sqlite" and data["output_root"].startswith("s3://"):
+    if state["backend"] == "sqlite" and is_remote(data["output_root"]):
         raise ConfigError(
             "invalid config: output_root is in S3 but state.backend is 'sqlite'; use "
             "state: {backend: dynamodb, table: NAME} for runs in S3"
         )
-    if data["input"]["format"] == "s3-keys" and not data["input"]["uri"].startswith("s3://"):
+    if data["input"]["format"] == "s3-keys" and not is_remote(data["input"]["uri"]):
         raise ConfigError("invalid config: input.format 's3-keys' needs an s3:// input.uri")
     declared = job.get("output_schema")
     if declared is not None:
@@ -390,7 +425,7 @@ def _check_consistency(data: dict[str, Any]) -> None:
 def _check_output_root(output_root: str) -> None:
     """Refuse a local output_root that is a file or lies under one, before anything is
     written (the first job would otherwise end in NotADirectoryError)."""
-    if output_root.startswith("s3://"):
+    if is_remote(output_root):
         return
     path = Path(output_root)
     for folder in (path, *path.parents):
@@ -420,6 +455,12 @@ def run_config_from(data: dict[str, Any]) -> RunConfig:
     For job processes handed the coordinator's validated config (``RunConfig.raw``): the
     schema check costs a job 60 ms of start-up (jsonschema's import, mostly), a fifth of it.
     """
+    stale = [old for old, new in RENAMED_KEYS.items() if old in data and new in data]
+    if stale:
+        # The Snakefile's config, updated in place with the validated one
+        # (``workflow.load_run_config``), still holds the deprecated key beside the new one:
+        # the validated config is the one without it.
+        data = {key: value for key, value in data.items() if key not in stale}
     return RunConfig(
         run_id=data["run_id"],
         output_root=data["output_root"],
@@ -431,7 +472,7 @@ def run_config_from(data: dict[str, Any]) -> RunConfig:
         retry=RetrySpec(**data["retry"]),
         state=StateSpec(**data["state"]),
         resources=ResourceSpec(**data["resources"]),
-        checkpoint=CheckpointSpec(**data["checkpoint"]),
+        chunks=ChunksSpec(**data["chunks"]),
         error_rules=ErrorRulesSpec(**{k: tuple(v) for k, v in data["errors"].items()}),
         faults=_fault_spec(data["faults"]),
         raw=data,
@@ -503,7 +544,7 @@ def publish_resolved_config(run: RunConfig) -> str:
 
     uri = RunLayout(run.run_dir).resolved_config
     text = json.dumps(resolved_document(run), indent=2, sort_keys=True) + "\n"
-    if uri.startswith("s3://"):
+    if is_remote(uri):
         from orchestrator_ext import s3
 
         s3.put_bytes(s3.make_s3_client(), uri, text.encode(), "application/json")
@@ -531,7 +572,7 @@ def read_resolved_config(run_dir: str) -> RunConfig:
 
     uri = RunLayout(run_dir.rstrip("/")).resolved_config
     try:
-        if uri.startswith("s3://"):
+        if is_remote(uri):
             from orchestrator_ext import s3
 
             text = s3.read_bytes(s3.make_s3_client(), uri).decode()

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from orchestrator_ext.errors import OrchestratorError
+from orchestrator_ext.location import is_remote
 from orchestrator_ext.state import current_host
 
 if TYPE_CHECKING:
@@ -235,11 +236,11 @@ def lease_backend(run: LeaseTarget) -> LeaseBackend:
     from orchestrator_ext.config import RunConfig
 
     if isinstance(run, str | os.PathLike):
-        if str(run).startswith("s3://"):
+        if is_remote(str(run)):
             raise ValueError(f"{run}: the lease of a run in S3 needs its config (state table)")
         return FileLease(run)
     if isinstance(run, RunConfig):
-        if run.output_root.startswith("s3://"):
+        if is_remote(run.output_root):
             from orchestrator_ext.state.dynamodb import DynamoStateStore
 
             return StateStoreLease(DynamoStateStore.from_config(run))

@@ -153,14 +153,6 @@ class FaultInjector:
 
         return call
 
-    def instrument_s3(self, client: Any) -> ThrottleHook | None:
-        """Install the S3 throttle on a boto3 S3 client when ``s3_throttle_rate`` > 0."""
-        if not self.active or self.spec.s3_throttle_rate <= 0:
-            return None
-        return install_s3_throttle(
-            client, self.spec.s3_throttle_rate, seed=self.spec.seed * 100003 + self.batch
-        )
-
 
 def injector_for(spec: FaultSpec, batch: int | str, attempt: int) -> FaultInjector | None:
     """A ``FaultInjector`` when faults are enabled, else None (the code path stays unchanged)."""

@@ -23,6 +23,7 @@ import os
 from typing import Any
 
 from orchestrator_ext.config import InputSpec
+from orchestrator_ext.location import is_remote
 
 
 def input_listing(spec: InputSpec, client: Any = None) -> list[dict[str, Any]]:
@@ -31,7 +32,7 @@ def input_listing(spec: InputSpec, client: Any = None) -> list[dict[str, Any]]:
     Raises:
         InputError: nothing matches. S3Error: the bucket or endpoint is unreachable.
     """
-    if spec.format == "s3-keys" or spec.uri.startswith("s3://"):
+    if spec.format == "s3-keys" or is_remote(spec.uri):
         from orchestrator_ext.s3 import make_s3_client
         from orchestrator_ext.s3_input import keys_listing, match_objects
 
@@ -40,7 +41,7 @@ def input_listing(spec: InputSpec, client: Any = None) -> list[dict[str, Any]]:
             return keys_listing(spec.uri, match_objects(client, spec.uri, folder=True))
         objects = match_objects(client, spec.uri)
         return [{"path": o.uri, "bytes": o.size, "etag": o.etag} for o in objects]
-    from orchestrator_ext.partition import list_input_files
+    from orchestrator_ext.items import list_input_files
 
     listing = []
     for path in list_input_files(spec.uri):

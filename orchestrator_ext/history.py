@@ -22,22 +22,19 @@ see ``layout.RunLayout.log``): ``batch-00003`` -> ``process_batch/00003``,
 
 from __future__ import annotations
 
-import glob
-import os
-import re
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from orchestrator_ext import task
 from orchestrator_ext.errors import Category, OrchestratorError
-from orchestrator_ext.layout import TASK_FINAL, TASK_MANIFEST, TASK_PARTITION, RunLayout
+from orchestrator_ext.layout import RunLayout
+from orchestrator_ext.location import Location, location_of
 from orchestrator_ext.state import TaskRecord, TaskStatus, Transition
 
 #: Statuses that end an attempt.
 _ENDS = frozenset({str(TaskStatus.SUCCEEDED), str(TaskStatus.FAILED), str(TaskStatus.DEAD)})
 _FAILED = frozenset({TaskStatus.FAILED, TaskStatus.DEAD})
-_MERGE_TASK = re.compile(r"^merge-L(\d+)-part-(\d+)$")
-_BATCH_TASK = re.compile(r"^batch-(\d+)$")
 #: Category shown for a failure whose record names none (e.g. written by an older version).
 UNKNOWN_CATEGORY = "unknown"
 
@@ -72,23 +69,13 @@ def batch_task(batch: int | str) -> str:
     text = str(batch).removeprefix("batch-")
     if not text.isdigit():
         raise UnknownTask(f"--batch expects a batch number such as 3 or 00003, got {batch!r}")
-    return f"batch-{int(text):05d}"
+    return task.batch_id(int(text))
 
 
 def log_path(layout: RunLayout, task_id: str) -> str | None:
     """The job log of a task (see the module docstring), or None for an unknown task id."""
-    if match := _BATCH_TASK.match(task_id):
-        return layout.log("process_batch", match.group(1))
-    if match := _MERGE_TASK.match(task_id):
-        return layout.log("merge_level", f"L{match.group(1)}-{match.group(2)}")
-    named = {
-        TASK_FINAL: ("merge_final", "final"),
-        TASK_PARTITION: ("partition_items", "partition"),
-        TASK_MANIFEST: ("write_manifest", "manifest"),
-    }
-    if task_id in named:
-        return layout.log(*named[task_id])
-    return None
+    parsed = task.parse(task_id)
+    return layout.log(parsed.stage.rule, parsed.log_name) if parsed is not None else None
 
 
 # -- attempts ------------------------------------------------------------------------------
@@ -183,25 +170,25 @@ def list_failures(
 ) -> list[TaskFailure]:
     """Tasks whose status is FAILED or DEAD, optionally of one category or one task."""
     failures = []
-    for task in tasks:
-        if task.status not in _FAILED or (task_id is not None and task.task_id != task_id):
+    for row in tasks:
+        if row.status not in _FAILED or (task_id is not None and row.task_id != task_id):
             continue
-        task_category = task.error_category or UNKNOWN_CATEGORY
+        task_category = row.error_category or UNKNOWN_CATEGORY
         if category is not None and task_category != category:
             continue
         failures.append(
             TaskFailure(
-                task_id=task.task_id,
-                kind=task.kind,
-                status=str(task.status),
+                task_id=row.task_id,
+                kind=row.kind,
+                status=str(row.status),
                 category=task_category,
-                error_type=task.error_type,
-                message=task.error_message,
-                attempt=task.attempt,
-                host=task.host,
-                slurm_job_id=task.slurm_job_id,
-                finished_at=task.finished_at,
-                log=log_path(layout, task.task_id),
+                error_type=row.error_type,
+                message=row.error_message,
+                attempt=row.attempt,
+                host=row.host,
+                slurm_job_id=row.slurm_job_id,
+                finished_at=row.finished_at,
+                log=log_path(layout, row.task_id),
             )
         )
     return failures
@@ -246,11 +233,11 @@ class DeadLetters:
         }
 
 
-def dead_letter_files(run_dir: str) -> list[str]:
-    """The run's dead-letter files on local disk, in batch order (none for a run in S3)."""
-    if run_dir.startswith("s3://"):
-        return []
-    return sorted(glob.glob(os.path.join(run_dir, "dead_letter", "batch-*.parquet")))
+def dead_letter_files(run_dir: str, files: Location | None = None) -> list[str]:
+    """The run's dead-letter files, locally or in S3, in batch order."""
+    files = files or location_of(run_dir)
+    found = files.list(RunLayout(run_dir).dead_letters_dir, ".parquet")
+    return [uri for uri in found if uri.rsplit("/", 1)[-1].startswith("batch-")]
 
 
 def read_dead_letters(
@@ -259,7 +246,7 @@ def read_dead_letters(
     batch: str | None = None,
     limit: int | None = None,
 ) -> DeadLetters:
-    """Read the run's dead-letter files (local runs), filtered by category and batch.
+    """Read the run's dead-letter files (local or in S3), filtered by category and batch.
 
     Args:
         run_dir: the run folder.
@@ -273,12 +260,13 @@ def read_dead_letters(
     items: list[DeadLetter] = []
     by_category: dict[str, int] = {}
     by_batch: dict[str, int] = {}
-    files = dead_letter_files(run_dir)
+    location = location_of(run_dir)
+    files = dead_letter_files(run_dir, location)
     for path in files:
-        batch_id = os.path.basename(path).removeprefix("batch-").removesuffix(".parquet")
+        batch_id = path.rsplit("/", 1)[-1].removeprefix("batch-").removesuffix(".parquet")
         if batch is not None and f"batch-{batch_id}" != batch:
             continue
-        frame = pl.read_parquet(path)
+        frame = location.read_parquet(path)
         if category is not None:
             frame = frame.filter(pl.col("category") == category)
         if frame.height == 0:
@@ -327,14 +315,14 @@ def audit_rows(transitions: list[Transition]) -> list[dict[str, Any]]:
     ]
 
 
-def resolve_task(task: str, known: list[str]) -> str:
-    """The task id ``task`` names: an exact id, or a bare batch number (``3``, ``00003``).
+def resolve_task(name: str, known: list[str]) -> str:
+    """The task id ``name`` names: an exact id, or a bare batch number (``3``, ``00003``).
 
     Raises:
         UnknownTask: no such task in the run; the message lists a few that exist.
     """
-    candidate = batch_task(task) if task.isdigit() else task
+    candidate = batch_task(name) if name.isdigit() else name
     if candidate in known:
         return candidate
     sample = ", ".join(known[:3]) + (", ..." if len(known) > 3 else "")
-    raise UnknownTask(f"no task {task!r} in this run (tasks are e.g. {sample or 'none yet'})")
+    raise UnknownTask(f"no task {name!r} in this run (tasks are e.g. {sample or 'none yet'})")

@@ -34,6 +34,8 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from orchestrator_ext.errors import OrchestratorError
+from orchestrator_ext.location import is_remote
+from orchestrator_ext.s3 import split_s3_uri
 
 if TYPE_CHECKING:
     from orchestrator_ext.config import RunConfig
@@ -68,13 +70,6 @@ class PolicyError(OrchestratorError):
     """Raised when a least-privilege policy cannot be built for the run as configured."""
 
 
-def _split(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri[len("s3://") :].partition("/")
-    if not bucket:
-        raise PolicyError(f"not an S3 URI (expected s3://bucket/prefix): {uri}")
-    return bucket, key.strip("/")
-
-
 def _check_literal(what: str, value: str) -> None:
     if _WILDCARDS.search(value):
         raise PolicyError(
@@ -85,11 +80,9 @@ def _check_literal(what: str, value: str) -> None:
 
 def input_prefix(uri: str) -> tuple[str, str]:
     """(bucket, key prefix) the input reads from: the literal part before any glob."""
-    from orchestrator_ext.s3 import glob_prefix
+    from orchestrator_ext.s3 import glob_prefix, split_s3_uri
 
-    bucket, key = uri[len("s3://") :].partition("/")[::2]
-    if not bucket:
-        raise PolicyError(f"not an S3 URI (expected s3://bucket/key): {uri}")
+    bucket, key = split_s3_uri(uri)
     return bucket, glob_prefix(key)
 
 
@@ -118,8 +111,9 @@ def build_policy(
         raise PolicyError(f"--account must be a 12-digit AWS account id, got {account!r}")
     _check_literal("run_id", config.run_id)
     statements: list[dict[str, Any]] = []
-    if config.output_root.startswith("s3://"):
-        bucket, prefix = _split(config.output_root)
+    if is_remote(config.output_root):
+        bucket, prefix = split_s3_uri(config.output_root)
+        prefix = prefix.strip("/")
         _check_literal("output_root", config.output_root)
         run_prefix = f"{prefix}/{config.run_id}" if prefix else config.run_id
         statements.append(
@@ -140,7 +134,7 @@ def build_policy(
                     {"Null": {"s3:prefix": "true"}},
                 )
             )  # fmt: skip
-    if config.input.uri.startswith("s3://"):
+    if is_remote(config.input.uri):
         bucket, prefix = input_prefix(config.input.uri)
         _check_literal("input bucket", bucket)
         statements.append(

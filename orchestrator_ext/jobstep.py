@@ -115,7 +115,6 @@ def process_batch_main(argv: list[str] | None = None) -> None:
         raw_config,
         batch=args.batch,
         batch_file=args.batch_file,
-        batch_sha256=None,
         plan_file=args.plan_file,
         result_file=args.result,
         dead_letter_uri=run.dead_letter(args.batch),

@@ -35,40 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-BATCH_DIGITS = 5
-
-
-def batch_name(batch: int) -> str:
-    """``batch-00042`` for batch 42."""
-    return f"batch-{batch:0{BATCH_DIGITS}d}"
-
-
-def part_name(index: int) -> str:
-    """``part-00003`` for merge node 3 of a level."""
-    return f"part-{index:0{BATCH_DIGITS}d}"
-
-
-def task_id_for_batch(batch: int) -> str:
-    """State-store task id of a batch."""
-    return batch_name(batch)
-
-
-def task_id_for_merge(level: int, index: int) -> str:
-    """State-store task id of an inner merge node."""
-    return f"merge-L{level}-{part_name(index)}"
-
-
-TASK_PARTITION = "partition"
-TASK_FINAL = "final"
-TASK_MANIFEST = "manifest"
-
-
-def all_task_ids(n_batches: int, fan_in: int) -> list[str]:
-    """Every task of a run after partitioning: batches, inner merge nodes, final, manifest."""
-    sizes = level_sizes(n_batches, fan_in)
-    tasks = [task_id_for_batch(b) for b in range(n_batches)]
-    tasks += [task_id_for_merge(lv, i) for lv in range(1, len(sizes) - 1) for i in range(sizes[lv])]
-    return [*tasks, TASK_FINAL, TASK_MANIFEST]
+from orchestrator_ext.location import is_remote
+from orchestrator_ext.task import batch_name, part_name, stage_of_rule
 
 
 def level_sizes(n_batches: int, fan_in: int) -> list[int]:
@@ -121,7 +89,7 @@ class RunLayout:
     @property
     def is_remote(self) -> bool:
         """True when the run lives in S3 (``s3://bucket/prefix/run_id``)."""
-        return self.run_dir.startswith("s3://")
+        return is_remote(self.run_dir)
 
     @property
     def run_id(self) -> str:
@@ -151,6 +119,12 @@ class RunLayout:
     def result_record(self, batch: int | str) -> str:
         return self._path(f"results/{_batch_file(batch)}.json")
 
+    @property
+    def dead_letters_dir(self) -> str:
+        """The folder of the dead-letter files; a plain location, never wrapped (the
+        package reads it, Snakemake does not)."""
+        return f"{self.run_dir}/dead_letter"
+
     def dead_letter(self, batch: int | str) -> str:
         return self._path(f"dead_letter/{_batch_file(batch)}.parquet")
 
@@ -175,15 +149,22 @@ class RunLayout:
     @property
     def derived(self) -> list[str]:
         """Every folder and file a plan's batches give rise to (results, dead letters, merge
-        nodes, final, manifest, dashboard, sub-batch checkpoints): what a re-partition
-        removes. Plain locations, never wrapped."""
-        names = ["results", "dead_letter", "merge", "final", "checkpoints", "report"]
+        nodes, final, manifest, dashboard, sub-batch chunks): what a re-partition removes.
+        Plain locations, never wrapped; ``checkpoints`` is where chunks were kept before
+        they were called chunks."""
+        names = ["results", "dead_letter", "merge", "final", "chunks", "checkpoints", "report"]
         return [f"{self.run_dir}/{name}" for name in [*names, "manifest.json"]]
 
     @property
     def resolved_config(self) -> str:
         """Not a file target (written by the coordinator when it starts): never wrapped."""
         return f"{self.run_dir}/config.json"
+
+    @property
+    def redrive(self) -> str:
+        """``redrive.json``, the links of ``orchestrator redrive``; written by the package
+        (not a file target): never wrapped."""
+        return f"{self.run_dir}/redrive.json"
 
     @property
     def state_db(self) -> str:
@@ -193,6 +174,12 @@ class RunLayout:
     def log(self, rule: str, name: str) -> str:
         """A job's log file; always local (see ``logs_dir``), never wrapped."""
         return f"{self.logs_dir}/{rule}/{name}.log"
+
+    def job_log(self, rule: str) -> str:
+        """The log of a job of ``rule`` (a pattern over its wildcards, as the rule's
+        ``log:`` wants it), named as ``task`` names the rule's stage."""
+        stage = stage_of_rule(rule)
+        return self.log(stage.rule, stage.log_name)
 
     def node(self, level: int, index: int, n_batches: int, fan_in: int) -> tuple[str, str]:
         """(data file, record file) of tree node ``index`` at ``level`` (0 = batch results)."""

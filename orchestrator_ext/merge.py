@@ -11,7 +11,7 @@ Every child is hashed and compared with its record before a single row is read. 
 never cast: every child with columns must have the first's columns and types (their order
 may differ), or the merge fails naming the child, the column and both types; ``combine``
 must return its input's schema. Each batch was held to the run's output schema already
-(``process.check_output_contract``); this is the last line behind it.
+(``output_contract.check_output_contract``); this is the last line behind it.
 """
 
 from __future__ import annotations
@@ -129,11 +129,11 @@ def _refuse_differing(
 
 
 def _type_name(arrow_type: pa.DataType) -> str:
-    """An arrow type as polars names it (``Int64``, ``String``: ``process.dtype_name``),
+    """An arrow type as polars names it (``Int64``, ``String``: ``output_schema.dtype_name``),
     with arrow's name too where polars reads two arrow types as one (``string``)."""
     import pyarrow as pa
 
-    from orchestrator_ext.process import dtype_name
+    from orchestrator_ext.output_schema import dtype_name
 
     try:
         series = pl.from_arrow(pa.array([], type=arrow_type))
@@ -162,7 +162,7 @@ def reduce_frames(
 ) -> pl.DataFrame:
     """Concatenate the children's partials and apply ``combine`` (and ``finalize`` on the root)."""
     # Imported here: a concat merge (most merges) starts faster without process's imports.
-    from orchestrator_ext.process import schema_differences, schema_of
+    from orchestrator_ext.output_schema import schema_differences, schema_of
 
     frames = [(path, pl.read_parquet(path)) for path in inputs]
     kept = [(path, f) for path, f in frames if f.width] or frames[:1]

@@ -13,13 +13,15 @@ writes that as one Parquet file, a config for the new run that is the old one wi
 
 The old run's file is appended to on every redrive (written atomically), and the old run's
 manifest gains the same ``redriven_to`` list; the new run's manifest carries
-``redrive_of`` (``manifest.build_manifest`` reads the new run's ``redrive.json``). Runs in
-S3 are not supported yet: copy the run folder or point ``output_root`` at a local copy.
+``redrive_of`` (``manifest.build_manifest`` reads the new run's ``redrive.json``). Run
+folders may be local or in S3 (``location``); the new config and, by default, its input
+file are written beside ``--out`` on this machine (``--items-out`` may be an ``s3://`` URI).
 """
 
 from __future__ import annotations
 
-import glob
+import hashlib
+import io
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -31,7 +33,8 @@ import yaml
 
 from orchestrator_ext.errors import OrchestratorError
 from orchestrator_ext.layout import RunLayout
-from orchestrator_ext.storage import atomic_path, read_json, sha256_file, write_json
+from orchestrator_ext.location import Location, S3Location, is_remote, join, location_of
+from orchestrator_ext.storage import atomic_path
 
 if TYPE_CHECKING:
     import polars as pl
@@ -63,16 +66,21 @@ class RedrivePlan:
         return asdict(self)
 
 
-def next_run_id(config: RunConfig) -> str:
+def _run_exists(files: Location, run_dir: str) -> bool:
+    return os.path.exists(run_dir) if not is_remote(run_dir) else bool(files.list(run_dir))
+
+
+def next_run_id(config: RunConfig, files: Location | None = None) -> str:
     """``{run_id}-redrive-N`` with the first N whose run folder does not exist yet."""
+    files = files or location_of(config.output_root)
     n = 1
-    while os.path.exists(f"{config.output_root.rstrip('/')}/{config.run_id}-redrive-{n}"):
+    while _run_exists(files, join(config.output_root, f"{config.run_id}-redrive-{n}")):
         n += 1
     return f"{config.run_id}-redrive-{n}"
 
 
 def collect_dead_items(
-    run_dir: str, id_column: str, category: str | None = None
+    run_dir: str, id_column: str, category: str | None = None, files: Location | None = None
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """The original rows of the run's dead-lettered items, and their count per category.
 
@@ -81,22 +89,23 @@ def collect_dead_items(
     """
     import polars as pl
 
+    files = files or location_of(run_dir)
     layout = RunLayout(run_dir)
     frames: list[pl.DataFrame] = []
     by_category: dict[str, int] = {}
-    for path in sorted(glob.glob(os.path.join(run_dir, "dead_letter", "batch-*.parquet"))):
-        dead = pl.read_parquet(path)
+    for path in files.list(layout.dead_letters_dir, ".parquet"):
+        dead = files.read_parquet(path)
         if category is not None:
             dead = dead.filter(pl.col("category") == category)
         if dead.height == 0:
             continue
-        batch_id = Path(path).stem.removeprefix("batch-")
+        batch_id = path.rsplit("/", 1)[-1].removesuffix(".parquet").removeprefix("batch-")
         batch_file = layout.batch(batch_id)
-        if not os.path.exists(batch_file):
+        if not files.exists(batch_file):
             raise RedriveError(
                 f"{path} has no batch file {batch_file}: the run folder is incomplete"
             )
-        rows = pl.read_parquet(batch_file)
+        rows = files.read_parquet(batch_file)
         wanted = dead.select(pl.col("id").cast(rows.schema[id_column]).alias(id_column)).unique()
         found = rows.join(wanted, on=id_column, how="semi", maintain_order="left")
         if found.height != wanted.height:
@@ -146,46 +155,45 @@ def redrive(
         RedriveError: see the class; nothing is written then.
     """
     from orchestrator_ext.config import load_config
+    from orchestrator_ext.errors import MissingOutput
 
-    if config.run_dir.startswith("s3://"):
-        raise RedriveError(
-            f"run {config.run_id} is in S3 ({config.run_dir}); redrive reads local run folders "
-            "only: sync the folder to disk and set output_root to it"
-        )
+    files = location_of(config.run_dir)
     layout = RunLayout(config.run_dir)
-    if not os.path.exists(layout.manifest):
+    try:
+        manifest = files.read_json(layout.manifest)
+    except MissingOutput:
         raise RedriveError(
             f"run {config.run_id} has no manifest ({layout.manifest}): it has not finished; "
             "rerun it with snakemake first (failed batches are retried)"
-        )
-    run_id = run_id or next_run_id(config)
+        ) from None
+    run_id = run_id or next_run_id(config, files)
     if run_id == config.run_id:
         raise RedriveError("--run-id must differ from the run being redriven")
     out = Path(out)
-    items_path = Path(items_file) if items_file else out.parent / f"{run_id}-items.parquet"
-    new_run_dir = f"{config.output_root.rstrip('/')}/{run_id}"
-    for path, what in (
-        (out, "--out"),
-        (items_path, "--items-out"),
-        (Path(new_run_dir), "run folder"),
+    items_uri = str(items_file) if items_file else str(out.parent / f"{run_id}-items.parquet")
+    items_files = location_of(items_uri, files.client if isinstance(files, S3Location) else None)
+    new_run_dir = join(config.output_root, run_id)
+    for taken, what, where in (
+        (out.exists(), "--out", out),
+        (items_files.exists(items_uri), "--items-out", items_uri),
+        (_run_exists(files, new_run_dir), "run folder", new_run_dir),
     ):
-        if path.exists():
-            raise RedriveError(f"{what} {path} already exists; choose another (or remove it)")
+        if taken:
+            raise RedriveError(f"{what} {where} already exists; choose another (or remove it)")
 
-    items, by_category = collect_dead_items(config.run_dir, config.input.id_column, category)
-    manifest = read_json(layout.manifest)
+    items, by_category = collect_dead_items(config.run_dir, config.input.id_column, category, files)
     if category is None and items.height != manifest.get("items_dead_lettered"):
         raise RedriveError(
             f"found {items.height} dead-lettered items but the manifest records "
             f"{manifest.get('items_dead_lettered')}: run `orchestrator manifest verify`"
         )
-    new_raw = build_redrive_config(config.raw, run_id, str(items_path), config.input.id_column)
+    new_raw = build_redrive_config(config.raw, run_id, items_uri, config.input.id_column)
     load_config(new_raw)  # the new config must be valid before anything is written
 
-    items_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(items_path) as tmp:
-        items.write_parquet(tmp, compression="zstd", statistics=True)
-    items_sha256 = sha256_file(items_path)
+    buffer = io.BytesIO()
+    items.write_parquet(buffer, compression="zstd", statistics=True)
+    items_files.write_bytes(items_uri, buffer.getvalue())
+    items_sha256 = hashlib.sha256(buffer.getvalue()).hexdigest()
     created = datetime.now(UTC).isoformat(timespec="seconds")
     header = (
         f"# Redrive of run {config.run_id}: {items.height} dead-lettered items "
@@ -199,7 +207,8 @@ def redrive(
     # The old run first: its manifest gains the link, then the new run records the sha256
     # of that manifest, so both manifests name each other and both checksums hold.
     links = _append_link(
-        Path(config.run_dir) / REDRIVE_FILE,
+        files,
+        layout.redrive,
         {
             "run_id": run_id,
             "config": str(out),
@@ -209,18 +218,17 @@ def redrive(
             "created_at": created,
         },
     )
-    with atomic_path(layout.manifest) as tmp:
-        write_json(tmp, {**manifest, "redriven_to": links})
-    write_json(
-        Path(new_run_dir) / REDRIVE_FILE,
+    files.write_json(layout.manifest, {**manifest, "redriven_to": links})
+    files.write_json(
+        RunLayout(new_run_dir).redrive,
         {
             "redrive_version": REDRIVE_VERSION,
             "redrive_of": {
                 "run_id": config.run_id,
                 "run_dir": config.run_dir,
-                "manifest_sha256": sha256_file(layout.manifest),
+                "manifest_sha256": files.sha256(layout.manifest),
                 "items": items.height,
-                "items_file": str(items_path),
+                "items_file": items_uri,
                 "items_sha256": items_sha256,
                 "by_category": by_category,
                 "category_filter": category,
@@ -229,15 +237,15 @@ def redrive(
         },
     )
     return RedrivePlan(
-        from_run_id=config.run_id, run_id=run_id, config=str(out), items_file=str(items_path),
+        from_run_id=config.run_id, run_id=run_id, config=str(out), items_file=items_uri,
         items=items.height, items_sha256=items_sha256, by_category=by_category,
     )  # fmt: skip
 
 
-def _append_link(path: Path, link: dict[str, Any]) -> list[dict[str, Any]]:
+def _append_link(files: Location, uri: str, link: dict[str, Any]) -> list[dict[str, Any]]:
     data: dict[str, Any] = (
-        read_json(path) if path.exists() else {"redrive_version": REDRIVE_VERSION}
+        files.read_json(uri) if files.exists(uri) else {"redrive_version": REDRIVE_VERSION}
     )
     data.setdefault("redriven_to", []).append(link)
-    write_json(path, data)
+    files.write_json(uri, data)
     return data["redriven_to"]

@@ -31,8 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
+from orchestrator_ext.aws import AwsResource, display_endpoint
 from orchestrator_ext.errors import Category, MissingOutput, OrchestratorError
 
 if TYPE_CHECKING:
@@ -45,10 +45,6 @@ MAX_PAGE_SIZE = 1000
 _CHUNK = 1 << 20
 _GLOB_CHARS = "*?["
 
-_ACCESS_CODES = frozenset(
-    {"AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch",
-     "ExpiredToken", "InvalidToken", "403"}
-)  # fmt: skip
 _MISSING_BUCKET_CODES = frozenset({"NoSuchBucket"})
 _MISSING_KEY_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
@@ -96,15 +92,6 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     if not bucket:
         raise S3Error(f"not an S3 URI (expected s3://bucket/key): {uri}")
     return bucket, key
-
-
-def display_endpoint(url: str | None) -> str:
-    """The endpoint for messages: scheme, host, port and path only (never user info)."""
-    if not url:
-        return "(default)"
-    parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}" if parts.scheme else url
 
 
 def _env(name: str) -> str | None:
@@ -161,48 +148,34 @@ def make_s3_client(
     return client
 
 
-@contextlib.contextmanager
-def translated_errors(client: Any, bucket: str, what: str = "") -> Iterator[None]:
-    """Turn setup problems into one line of ``S3Error``; other errors pass unchanged.
-
-    ``what`` names the purpose (e.g. ``input.uri s3://b/p/*.parquet``) in the message.
-    """
-    from botocore.exceptions import (
-        ClientError,
-        ConnectTimeoutError,
-        EndpointConnectionError,
-        NoCredentialsError,
-        PartialCredentialsError,
-    )
+def translated_errors(
+    client: Any, bucket: str, what: str = ""
+) -> contextlib.AbstractContextManager[None]:
+    """Turn setup problems into one line of ``S3Error`` (``aws.translated_errors``); other
+    errors pass unchanged. ``what`` names the purpose (e.g. ``input.uri s3://b/p/*.parquet``)
+    in the message."""
+    from orchestrator_ext import aws
 
     endpoint = display_endpoint(client.meta.endpoint_url)
     where = f"S3 bucket {bucket!r} at {endpoint}" + (f" ({what})" if what else "")
-    try:
-        yield
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        if code in _MISSING_BUCKET_CODES:
-            raise S3Error(
+    return aws.translated_errors(
+        AwsResource(
+            where=where,
+            error=S3Error,
+            unreachable_error=S3Unreachable,
+            missing_codes=_MISSING_BUCKET_CODES,
+            missing_message=(
                 f"{where} does not exist: create it, or fix the bucket name or endpoint"
-            ) from None
-        if code in _ACCESS_CODES:
-            raise S3Error(
-                f"{where} refused access ({code}): check the credentials and the IAM policy "
-                "(`orchestrator iam-policy`)"
-            ) from None
-        raise
-    except (NoCredentialsError, PartialCredentialsError):
-        raise S3Error(
-            f"no AWS credentials found for {where}: set AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY (or SNAKEMAKE_STORAGE_S3_ACCESS_KEY / _SECRET_KEY), "
-            "AWS_PROFILE, or run where an instance role applies"
-        ) from None
-    except (EndpointConnectionError, ConnectTimeoutError) as exc:
-        raise S3Unreachable(
-            f"cannot reach {where} ({type(exc).__name__}): check AWS_ENDPOINT_URL_S3 / "
-            "AWS_ENDPOINT_URL / SNAKEMAKE_STORAGE_S3_ENDPOINT_URL and the network"
-        ) from None
+            ),
+            endpoint_settings=(
+                "AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL / SNAKEMAKE_STORAGE_S3_ENDPOINT_URL"
+            ),
+            credential_settings=(
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or SNAKEMAKE_STORAGE_S3_ACCESS_KEY"
+                " / _SECRET_KEY)"
+            ),
+        )
+    )
 
 
 def check_bucket(client: Any, bucket: str) -> None:
@@ -290,7 +263,8 @@ def _etag(value: str) -> str:
 
 
 @contextlib.contextmanager
-def _missing_key_as(uri: str) -> Iterator[None]:
+def missing_key_as(uri: str) -> Iterator[None]:
+    """Turn S3's "no such key" into ``MissingOutput`` naming ``uri``."""
     from botocore.exceptions import ClientError
 
     try:
@@ -308,7 +282,7 @@ def read_bytes(client: Any, uri: str) -> bytes:
         MissingOutput: no such object. S3Error: setup problems (see ``translated_errors``).
     """
     bucket, key = split_s3_uri(uri)
-    with translated_errors(client, bucket), _missing_key_as(uri):
+    with translated_errors(client, bucket), missing_key_as(uri):
         return client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
@@ -321,7 +295,7 @@ def download(client: Any, uri: str, path: str | os.PathLike[str]) -> Path:
     from orchestrator_ext.storage import atomic_path
 
     bucket, key = split_s3_uri(uri)
-    with translated_errors(client, bucket), _missing_key_as(uri), atomic_path(path) as tmp:
+    with translated_errors(client, bucket), missing_key_as(uri), atomic_path(path) as tmp:
         client.download_file(bucket, key, str(tmp))
     return Path(path)
 
@@ -334,7 +308,7 @@ def sha256_object(client: Any, uri: str) -> str:
     """
     bucket, key = split_s3_uri(uri)
     digest = hashlib.sha256()
-    with translated_errors(client, bucket), _missing_key_as(uri):
+    with translated_errors(client, bucket), missing_key_as(uri):
         body = client.get_object(Bucket=bucket, Key=key)["Body"]
         try:
             for chunk in body.iter_chunks(_CHUNK):

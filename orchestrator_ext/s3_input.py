@@ -12,7 +12,8 @@
   ``prefix/`` (or under a key glob) is one item, with columns ``id`` (the key), ``key``,
   ``size`` and ``etag``, in key order.
 
-Everything here runs inside the partition job, never when the Snakefile is parsed.
+``items.read_items`` reads what is listed here; everything runs inside the partition
+job, never when the Snakefile is parsed.
 """
 
 from __future__ import annotations
@@ -20,12 +21,10 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import io
-import logging
-from typing import Any
+from typing import IO, Any
 
 import polars as pl
 
-from orchestrator_ext.config import InputSpec
 from orchestrator_ext.errors import InputError, MissingOutput
 from orchestrator_ext.s3 import (
     MAX_PAGE_SIZE,
@@ -33,12 +32,9 @@ from orchestrator_ext.s3 import (
     glob_prefix,
     has_glob,
     list_objects,
-    make_s3_client,
     read_bytes,
     split_s3_uri,
 )
-
-logger = logging.getLogger(__name__)
 
 S3_KEYS_SCHEMA = {"id": pl.String, "key": pl.String, "size": pl.Int64, "etag": pl.String}
 
@@ -73,14 +69,16 @@ def match_objects(
     return sorted(objects, key=lambda o: o.key)
 
 
-def _read_object(client: Any, obj: S3Object, spec: InputSpec) -> pl.DataFrame:
+def object_bytes(client: Any, obj: S3Object) -> IO[bytes]:
+    """The content of one listed object, as a file-like for ``items.read_frame``.
+
+    Raises:
+        InputError: the object was deleted since it was listed.
+    """
     try:
-        data = io.BytesIO(read_bytes(client, obj.uri))
+        return io.BytesIO(read_bytes(client, obj.uri))
     except MissingOutput:
         raise InputError(f"S3 object vanished while reading the input: {obj.uri}") from None
-    from orchestrator_ext.partition import read_frame
-
-    return read_frame(data, spec.format, obj.uri, spec.id_column, spec.id_type)
 
 
 def keys_frame(objects: list[S3Object]) -> pl.DataFrame:
@@ -110,36 +108,3 @@ def keys_listing(uri: str, objects: list[S3Object]) -> list[dict[str, Any]]:
             "keys_sha256": digest.hexdigest(),
         }
     ]
-
-
-def read_s3_items(
-    spec: InputSpec, client: Any = None, page_size: int = MAX_PAGE_SIZE
-) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
-    """Read every item of an S3 source (see the module docstring) and check the ids.
-
-    Returns:
-        The items in key order, and the listing of what was read (``path`` = s3:// URI,
-        ``bytes``, ``etag``; one summary row for ``s3-keys``).
-
-    Raises:
-        InputError: no matching object, unreadable objects, no id column, ids that do
-            not fit ``input.id_type`` or cannot be carried through the run, id columns of
-            different types in different objects, null or duplicate ids. S3Error: missing
-            bucket, unreachable endpoint, no credentials.
-    """
-    from orchestrator_ext.partition import apply_id_type, check_ids, concat_items
-
-    client = client or make_s3_client()
-    if spec.format == "s3-keys":
-        objects = match_objects(client, spec.uri, folder=True, page_size=page_size)
-        items = apply_id_type(keys_frame(objects), spec.id_column, spec.id_type, spec.uri)
-        check_ids(items, spec.id_column, spec.uri)
-        logger.info("listed %d objects under %s", len(objects), spec.uri)
-        return items, keys_listing(spec.uri, objects)
-    objects = match_objects(client, spec.uri, page_size=page_size)
-    frames = [_read_object(client, o, spec) for o in objects]
-    items = concat_items(frames, [o.uri for o in objects], spec.id_column, "objects")
-    check_ids(items, spec.id_column, spec.uri)
-    listing = [{"path": o.uri, "bytes": o.size, "etag": o.etag} for o in objects]
-    logger.info("read %d items from %d objects matching %s", items.height, len(objects), spec.uri)
-    return items, listing

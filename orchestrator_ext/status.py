@@ -11,7 +11,8 @@ Definitions (all over *batch* tasks; merges and the manifest are quick by compar
 - throughput: batches (and items) finished per minute over the last ``window_s`` seconds
   when at least two finished in it, else over the whole run so far;
 - elapsed: from the first batch's start to now, or, once the run finished (the manifest
-  SUCCEEDED), to its last finish; a finished run's throughput is that of the whole run;
+  SUCCEEDED: ``is_finished``), to its last finish; a finished run's throughput is that of
+  the whole run;
 - ETA: batches still to finish (neither SUCCEEDED nor DEAD) divided by the throughput;
 - overdue: a RUNNING attempt older than the wall time its attempt was given
   (``resources.runtime`` escalated per attempt): probably killed without a record.
@@ -20,7 +21,7 @@ Definitions (all over *batch* tasks; merges and the manifest are quick by compar
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -92,6 +93,15 @@ class RunStatus:
         return data
 
 
+def is_finished(tasks: Iterable[TaskRecord]) -> bool:
+    """Whether a run has finished: its manifest, the last task of every run, SUCCEEDED.
+
+    ``build_status`` and the cost estimate (``cost.workload``) both measure a finished run
+    to its end rather than to now.
+    """
+    return any(t.task_id == "manifest" and t.status == TaskStatus.SUCCEEDED for t in tasks)
+
+
 def build_status(
     run_id: str,
     tasks: list[TaskRecord],
@@ -140,8 +150,7 @@ def build_status(
         if task.status in (TaskStatus.FAILED, TaskStatus.DEAD):
             key = task.error_category or UNKNOWN_CATEGORY
             status.failures_by_category[key] = status.failures_by_category.get(key, 0) + 1
-    manifest = next((t for t in tasks if t.task_id == "manifest"), None)
-    status.finished = manifest is not None and manifest.status == TaskStatus.SUCCEEDED
+    status.finished = is_finished(tasks)
     # A finished run is measured to its last finish, not to now: looked at an hour later,
     # it still took what it took.
     ends = [e for e in (parse_time(t.finished_at) for t in tasks) if e is not None]

@@ -75,7 +75,7 @@ def retry_transient(call: Any, patience_s: float = 300) -> Any:
     return policy(call)
 
 
-def load_run_config(raw: dict) -> RunConfig:  # type: ignore[type-arg]
+def load_run_config(raw: dict[str, Any]) -> RunConfig:
     """``load_config`` for the Snakefile: a bad config stops Snakemake with one line naming
     the key, instead of Snakemake's report of where in the Snakefile the error was raised.
 

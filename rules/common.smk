@@ -1,13 +1,11 @@
 # Config validation, wildcard constraints and every input function of the workflow.
 # Parsing does no I/O beyond reading config: cluster jobs re-parse this file.
-import os
 import sys
 
-from snakemake.exceptions import InputOpenException
-from snakemake.io import IOFile
 from snakemake_storage_plugin_orchestrator_s3 import provider_settings
 
 import orchestrator_ext.workflow as ox
+from orchestrator_ext.plan_cache import PlanCache
 
 RUN = ox.load_run_config(config)
 # Where the files are (s3:// URIs for a run in S3): what records and the manifest store.
@@ -54,44 +52,16 @@ wildcard_constraints:
     part=r"\d{5}",
 
 
-_PLAN = {}
+# The plan, read once per process (orchestrator_ext/plan_cache.py). The checkpoint is looked
+# up on call: it is declared in partition.smk, included after this file.
+PLAN = PlanCache(
+    lambda: checkpoints.partition_items.get(), LAYOUT, RUN, workflow.is_main_process
+)
 
 
 def get_plan():
-    """Shape of the partition plan; only callable once the checkpoint has run.
-
-    Input functions and params ask for it at least once per job (10,000s of calls). Once
-    the checkpoint is done in this process it stays done (Snakemake only ever adds to its
-    created outputs), so plan.json is final: look the checkpoint up and read the plan once.
-    The coordinator also checks, once, that the plan is of the input as it is now.
-    """
-    plan = _PLAN.get("plan")
-    if plan is None:
-        plan_file = local_plan_file()
-        plan = ox.read_plan_shape(plan_file)
-        if workflow.is_main_process:
-            ox.check_plan_input(plan, RUN, plan_file)
-        _PLAN["plan"] = plan
-    return plan
-
-
-def local_plan_file():
-    """plan.json in the checkpoint's output folder: for a run in S3, the storage plugin's
-    local copy of it. A missing or outdated copy makes Snakemake's job factory fetch it (it
-    retrieves the file of an InputOpenException and calls the input function again); only
-    plan.json is fetched, not the batch files beside it. Raises until the checkpoint ran.
-    """
-    partitioned = checkpoints.partition_items.get()
-    plan_file = os.path.join(partitioned.output.batches, "plan.json")
-    if LAYOUT.is_remote:
-        plan = LAYOUT.plan
-        stored = plan.flags["storage_object"]
-        fresh = os.path.exists(plan_file) and (
-            os.path.getmtime(plan_file) >= ox.retry_transient(stored.mtime)
-        )
-        if not fresh:
-            raise InputOpenException(IOFile(plan, rule=partitioned.rule))
-    return plan_file
+    """Shape of the partition plan; only callable once the checkpoint has run."""
+    return PLAN.get()
 
 
 def get_mem_mb(wildcards, attempt):

@@ -7,7 +7,7 @@ rule write_manifest:
     output:
         manifest=LAYOUT.manifest,
     log:
-        LAYOUT.log("write_manifest", "manifest"),
+        LAYOUT.job_log("write_manifest"),
     # Runs where Snakemake runs: it only reads the plan and small JSON records (checksums
     # come from the records), and on Slurm a job of its own waits a status poll or more
     # (about 19 s of a 76 s run in bench/slurm.py).

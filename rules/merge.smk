@@ -8,7 +8,7 @@ rule merge_level:
         part=LAYOUT.merge_part("{level}", "{part}"),
         record=LAYOUT.merge_record("{level}", "{part}"),
     log:
-        LAYOUT.log("merge_level", "L{level}-{part}"),
+        LAYOUT.job_log("merge_level"),
     conda:
         "../environment.yml"
     resources:
@@ -29,7 +29,7 @@ rule merge_final:
         part=LAYOUT.final,
         record=LAYOUT.final_record,
     log:
-        LAYOUT.log("merge_final", "final"),
+        LAYOUT.job_log("merge_final"),
     conda:
         "../environment.yml"
     resources:

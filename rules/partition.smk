@@ -5,7 +5,7 @@ checkpoint partition_items:
     output:
         batches=as_target(directory(URIS.batches_dir)),
     log:
-        LAYOUT.log("partition_items", "partition"),
+        LAYOUT.job_log("partition_items"),
     conda:
         "../environment.yml"
     params:

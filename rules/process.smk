@@ -11,7 +11,7 @@ rule process_batch:
         result=LAYOUT.result("{batch}"),
         record=LAYOUT.result_record("{batch}"),
     log:
-        LAYOUT.log("process_batch", "{batch}"),
+        LAYOUT.job_log("process_batch"),
     conda:
         "../environment.yml"
     resources:

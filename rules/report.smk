@@ -13,7 +13,7 @@ rule report_dashboard:
             )
         ),
     log:
-        LAYOUT.log("report_dashboard", "dashboard"),
+        LAYOUT.job_log("report_dashboard"),
     localrule: True
     conda:
         "../environment.yml"

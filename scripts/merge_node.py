@@ -1,7 +1,7 @@
 """Entry point of rules merge_level and merge_final: merge one node of the tree."""
 
+from orchestrator_ext import task
 from orchestrator_ext.jobstep import run_step
-from orchestrator_ext.layout import TASK_FINAL, task_id_for_merge
 from orchestrator_ext.merge import merge_node
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
@@ -13,7 +13,7 @@ run_step(
     sm.log[0],
     merge_node,
     sm.config,
-    task_id=TASK_FINAL if is_root else task_id_for_merge(int(sm.params.level), index),
+    task_id=task.FINAL if is_root else task.merge_id(int(sm.params.level), index),
     level=level,
     index=index,
     children=list(zip(sm.input.data, sm.input.records, strict=True)),

@@ -11,10 +11,10 @@ from orchestrator_ext.configfile_errors import install as _name_bad_config_files
 from orchestrator_ext.executor import (
     DropsStorageCache,
     EndsPromptly,
-    EnforcesRuntime,
     PermanentFailureAware,
     RecordsLostAttempts,
 )
+from orchestrator_ext.runtime_limit import EnforcesRuntime
 
 # Snakemake reads --configfile after importing plugins: name the file and line of a
 # YAML syntax error (orchestrator_ext/configfile_errors.py).

@@ -21,6 +21,52 @@ SNAKEMAKE = str(VENV_BIN / "snakemake")
 ORCHESTRATOR = str(VENV_BIN / "orchestrator")
 MOTO_PORT = int(os.environ.get("MOTO_PORT", "5555"))
 
+#: Fixtures of a service (the AWS endpoint, a moto server, the Slurm cluster): a test that
+#: uses one, itself or through another fixture, is marked ``service`` (``make unit`` skips
+#: those).
+SERVICE_FIXTURES = frozenset({"moto_endpoint", "serial_moto_endpoint", "slurm_cluster"})
+#: Parameters of fixtures that request a service only for that case, with
+#: ``request.getfixturevalue`` (which collection cannot see): ``open_store["dynamodb"]``,
+#: ``root["s3"]``. A test with one of these parameter values is marked ``service`` too.
+SERVICE_PARAMS = frozenset({"dynamodb", "s3"})
+#: Folders whose tests run the real commands on whole runs: marked ``workflow``.
+WORKFLOW_FOLDERS = (REPO / "tests" / "acceptance",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark tests by what they need, so that a new test is classified by its fixtures
+    (``service``) or its folder (``workflow``) without marking it by hand."""
+    for item in items:
+        if _uses_service(item):
+            item.add_marker(pytest.mark.service)
+        if any(item.path.is_relative_to(folder) for folder in WORKFLOW_FOLDERS):
+            item.add_marker(pytest.mark.workflow)
+
+
+def _uses_service(item: pytest.Item) -> bool:
+    if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params.values() if callspec is not None else ()
+    return any(isinstance(value, str) and value in SERVICE_PARAMS for value in params)
+
+
+@pytest.fixture(autouse=True)
+def _service_guard(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that reached a service without being marked ``service`` (it asked for
+    the fixture at run time, under a parameter not in ``SERVICE_PARAMS``), in a run that
+    selects by that marker (``make unit``), where it should not have run."""
+    yield
+    used = SERVICE_FIXTURES.intersection(request.fixturenames)
+    selecting = "service" in (request.config.option.markexpr or "")
+    if used and selecting and request.node.get_closest_marker("service") is None:
+        pytest.fail(
+            f"{request.node.nodeid} uses {', '.join(sorted(used))} but is not marked "
+            "service: add the parameter that requests it to SERVICE_PARAMS in "
+            "tests/conftest.py, or mark the test with pytest.mark.service",
+            pytrace=False,
+        )
+
 
 def base_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     """A small valid run config rooted in ``tmp_path`` (input at tmp_path/items.parquet)."""

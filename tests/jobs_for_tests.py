@@ -12,10 +12,11 @@ from typing import Any
 
 import polars as pl
 
+from orchestrator_ext import task
 from orchestrator_ext.config import RunConfig
 from orchestrator_ext.errors import PermanentError, TransientError
 from orchestrator_ext.job import JobContext
-from orchestrator_ext.layout import TASK_FINAL, RunLayout, children, level_sizes, task_id_for_merge
+from orchestrator_ext.layout import RunLayout, children, level_sizes
 from orchestrator_ext.manifest import write_run_manifest
 from orchestrator_ext.merge import merge_node
 from orchestrator_ext.partition import partition_items
@@ -195,7 +196,7 @@ def run_in_process(config: RunConfig, store: StateStore) -> dict[str, Any]:
     n, fan_in = plan["n_batches"], plan["fan_in"]
     for i, batch in enumerate(plan["batches"]):
         process_batch(
-            config, store, batch["batch_id"], layout.batch(i), batch["sha256"],
+            config, store, batch["batch_id"], layout.batch(i), layout.plan,
             layout.result(i), layout.dead_letter(i), layout.result_record(i),
         )  # fmt: skip
     sizes = level_sizes(n, fan_in)
@@ -204,8 +205,8 @@ def run_in_process(config: RunConfig, store: StateStore) -> dict[str, Any]:
         for index in range(sizes[level]):
             kids = [layout.node(level - 1, c, n, fan_in) for c in children(level, index, n, fan_in)]
             data, record = layout.node(level, index, n, fan_in)
-            task = TASK_FINAL if level == top else task_id_for_merge(level, index)
-            merge_node(config, store, task, level, index, kids, data, record, level == top)
+            task_id = task.node_id(level, index, top)
+            merge_node(config, store, task_id, level, index, kids, data, record, level == top)
     merge_records = [
         layout.merge_record(level, index)
         for level in range(1, top)

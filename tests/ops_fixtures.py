@@ -78,3 +78,13 @@ def make_finished_run(
 def open_store(config: RunConfig) -> SqliteStateStore:
     """The run's state store (must exist)."""
     return SqliteStateStore(RunLayout(config.run_dir).state_db, config.run_id, create=False)
+
+
+def upload_run(run_dir: str, client: Any, bucket: str, prefix: str) -> str:
+    """Copy a finished local run's data files and records to ``s3://bucket/prefix/{run_id}``
+    (the layout a run in S3 has); return that run folder's URI."""
+    run_id = Path(run_dir).name
+    for path in Path(run_dir).rglob("*"):
+        if path.is_file() and path.suffix in (".parquet", ".json"):
+            client.upload_file(str(path), bucket, f"{prefix}/{run_id}/{path.relative_to(run_dir)}")
+    return f"s3://{bucket}/{prefix}/{run_id}"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from pathlib import Path
 
 import pytest
 import yaml
 
 from orchestrator_ext.config import (
+    ChunksSpec,
     RunConfig,
     config_sha256,
     load_config,
@@ -192,6 +194,52 @@ class TestLoadConfigErrors:
             load_config(make_config(merge={"mode": "sideways"}))
 
 
+class TestChunksKey:
+    """``chunks:``, and its deprecated name ``checkpoint:``."""
+
+    def test_default_is_off(self) -> None:
+        config = load_config(copy.deepcopy(MINIMAL))
+        assert config.chunks == ChunksSpec(every_items=None, every_seconds=None)
+        assert config.raw["chunks"] == {"every_items": None, "every_seconds": None}
+
+    def test_given_values(self) -> None:
+        config = load_config({**copy.deepcopy(MINIMAL), "chunks": {"every_items": 20}})
+        assert config.chunks == ChunksSpec(every_items=20)
+
+    def test_the_old_key_still_works_and_warns_once(self, caplog) -> None:
+        new = load_config({**copy.deepcopy(MINIMAL), "chunks": {"every_seconds": 30}})
+        with caplog.at_level(logging.WARNING, logger="orchestrator_ext.config"):
+            old = load_config({**copy.deepcopy(MINIMAL), "checkpoint": {"every_seconds": 30}})
+        assert old == new and old.sha256 == new.sha256
+        assert "checkpoint" not in old.raw
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert warnings == [
+            "config key 'checkpoint' is deprecated: call it 'chunks' (same settings)"
+        ]
+
+    def test_errors_under_the_old_key_name_it(self, make_config) -> None:
+        assert "'checkpoint/every_items'" in _error(make_config(checkpoint={"every_items": 0}))
+        assert "'checkpoint'" in _error(make_config(checkpoint={"every_item": 5}))
+
+    def test_both_keys_are_an_error_naming_both(self) -> None:
+        raw = {**copy.deepcopy(MINIMAL), "chunks": {"every_items": 5}, "checkpoint": {}}
+        assert _error(raw) == (
+            "invalid config: both 'chunks' and 'checkpoint' are given; 'checkpoint' is the "
+            "deprecated name of 'chunks': keep only 'chunks'"
+        )
+
+    def test_the_snakefiles_config_keeps_one_sha256(self) -> None:
+        # load_run_config updates Snakemake's config in place: the old key stays beside the
+        # new one there, and a job building its RunConfig from it ignores the old one.
+        from orchestrator_ext.workflow import load_run_config
+
+        config = {**copy.deepcopy(MINIMAL), "checkpoint": {"every_items": 5}}
+        run = load_run_config(config)
+        assert "checkpoint" in config and config["chunks"] == run.raw["chunks"]
+        again = run_config_from(config)
+        assert again == run and again.sha256 == run.sha256 and "checkpoint" not in again.raw
+
+
 class TestValidateConfig:
     def test_returns_copy_with_defaults(self) -> None:
         raw = copy.deepcopy(MINIMAL)
@@ -345,7 +393,7 @@ class TestOutputContractConfig:
     )  # fmt: skip
     def test_the_polars_dtype_of_a_name_has_that_name(self, name: str) -> None:
         from orchestrator_ext.config import canonical_dtype, polars_dtype
-        from orchestrator_ext.process import dtype_name
+        from orchestrator_ext.output_schema import dtype_name
 
         assert dtype_name(polars_dtype(name)) == canonical_dtype(name) == name
 

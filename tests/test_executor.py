@@ -22,17 +22,17 @@ from snakemake.scheduling.job_scheduler import JobScheduler
 from orchestrator_ext.config import load_config
 from orchestrator_ext.executor import (
     EndsPromptly,
-    EnforcesRuntime,
-    JobEnd,
     PermanentFailureAware,
     RecordsLostAttempts,
-    RuntimeWatchdog,
     cancel_scheduler_wakeups,
+)
+from orchestrator_ext.lost_attempt import (
+    JobEnd,
     describe_lost_attempt,
     exit_code_in_text,
     exit_code_of,
-    track_job_processes,
 )
+from orchestrator_ext.runtime_limit import EnforcesRuntime, RuntimeWatchdog, track_job_processes
 from orchestrator_ext.state import StateStore, TaskStatus, open_state_store
 
 
@@ -160,13 +160,12 @@ class FakeJob:
 @pytest.fixture
 def run(tmp_path: Path, make_config: Callable[..., dict[str, Any]]) -> Any:
     """A run's config, its state store (a job process's view) and a job of batch 0."""
-    raw = make_config()
-    config = load_config(raw)
+    config = load_config(make_config())  # the Snakefile's config: validated, defaults filled
     Path(config.run_dir).mkdir(parents=True)
     store = open_state_store(config)
     store.ensure_tasks([TASK], {TASK: 10})
     job = FakeJob(f"{config.run_dir}/logs/process_batch/00000.log")
-    yield types.SimpleNamespace(raw=raw, store=store, job=job)
+    yield types.SimpleNamespace(raw=config.raw, store=store, job=job)
     store.close()
 
 

@@ -15,6 +15,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from orchestrator_ext.batch_mode import run_batch_mode
 from orchestrator_ext.config import FaultSpec, RetrySpec, load_config
 from orchestrator_ext.errors import Category, PermanentError, TransientError, classify
 from orchestrator_ext.faults import (
@@ -23,8 +24,9 @@ from orchestrator_ext.faults import (
     install_s3_throttle,
     unit_hash,
 )
+from orchestrator_ext.item_mode import run_item_mode
 from orchestrator_ext.job import JobContext
-from orchestrator_ext.process import run_batch_mode, run_item_mode
+from orchestrator_ext.runner import JobCall
 
 FAST_RETRY = RetrySpec(max_attempts=5, initial_delay_s=0.001, max_delay_s=0.005)
 CTX = JobContext(run_id="r", batch_id="00002", attempt=1)
@@ -106,14 +108,13 @@ class TestInert:
         assert injector.wrap_item(echo, "id") is echo
         assert injector.wrap_batch(echo_batch, "id") is echo_batch
         injector.before_step(0, 100)  # neither raises nor kills
-        assert injector.instrument_s3(object()) is None
         assert not injector.is_permanent(1)
 
     def test_enabled_without_faults_is_harmless(self) -> None:
         outcome = run_item_mode(
-            pl.DataFrame({"id": range(20)}), echo, CTX, "id", FAST_RETRY,
-            faults=FaultInjector(spec(seed=3), 0),
-        )  # fmt: skip
+            pl.DataFrame({"id": range(20)}),
+            JobCall(echo, CTX, "id", FAST_RETRY, FaultInjector(spec(seed=3), 0)),
+        )
         assert outcome.dead == [] and outcome.result.height == 20
 
 
@@ -131,7 +132,7 @@ class TestItemFaults:
     def test_transient_items_are_retried_and_processed(self) -> None:
         injector = FaultInjector(spec(seed=7, transient_rate=0.3), 1)
         outcome = run_item_mode(
-            pl.DataFrame({"id": range(60)}), echo, CTX, "id", FAST_RETRY, faults=injector
+            pl.DataFrame({"id": range(60)}), JobCall(echo, CTX, "id", FAST_RETRY, injector)
         )
         assert outcome.dead == []
         assert outcome.result["id"].to_list() == list(range(60))
@@ -150,7 +151,7 @@ class TestItemFaults:
     def test_permanent_ids_are_dead_lettered_transients_are_not(self) -> None:
         injector = FaultInjector(spec(seed=5, transient_rate=0.2, permanent_ids=(3, 11)), 0)
         outcome = run_item_mode(
-            pl.DataFrame({"id": range(40)}), echo, CTX, "id", FAST_RETRY, faults=injector
+            pl.DataFrame({"id": range(40)}), JobCall(echo, CTX, "id", FAST_RETRY, injector)
         )
         assert sorted(d["id"] for d in outcome.dead) == [3, 11]
         assert {d["category"] for d in outcome.dead} == {"permanent"}
@@ -159,7 +160,7 @@ class TestItemFaults:
     def test_permanent_batch_fails_every_item(self) -> None:
         injector = FaultInjector(spec(permanent_batches=(4,)), 4)
         outcome = run_item_mode(
-            pl.DataFrame({"id": range(5)}), echo, CTX, "id", FAST_RETRY, faults=injector
+            pl.DataFrame({"id": range(5)}), JobCall(echo, CTX, "id", FAST_RETRY, injector)
         )
         assert len(outcome.dead) == 5 and outcome.result.height == 0
         other = FaultInjector(spec(permanent_batches=(4,)), 5)
@@ -174,7 +175,7 @@ class TestBatchFaults:
             call(pl.DataFrame({"id": range(10)}), CTX)
         assert call(pl.DataFrame({"id": range(6, 12)}), CTX).height == 6
         outcome = run_batch_mode(
-            pl.DataFrame({"id": range(16)}), echo_batch, CTX, "id", FAST_RETRY, faults=injector
+            pl.DataFrame({"id": range(16)}), JobCall(echo_batch, CTX, "id", FAST_RETRY, injector)
         )
         assert sorted(d["id"] for d in outcome.dead) == [5, 12]
         assert outcome.result["id"].to_list() == [i for i in range(16) if i not in (5, 12)]
@@ -182,7 +183,7 @@ class TestBatchFaults:
     def test_permanent_batch_dead_letters_everything(self) -> None:
         injector = FaultInjector(spec(permanent_batches=(0,)), 0)
         outcome = run_batch_mode(
-            pl.DataFrame({"id": range(8)}), echo_batch, CTX, "id", FAST_RETRY, faults=injector
+            pl.DataFrame({"id": range(8)}), JobCall(echo_batch, CTX, "id", FAST_RETRY, injector)
         )
         assert len(outcome.dead) == 8 and outcome.result.height == 0
 
@@ -193,9 +194,15 @@ class TestBatchFaults:
             call(pl.DataFrame({"id": range(4)}), CTX)
         assert call(pl.DataFrame({"id": range(4)}), CTX).height == 4
         outcome = run_batch_mode(
-            pl.DataFrame({"id": range(9)}), echo_batch, CTX, "id", FAST_RETRY,
-            faults=FaultInjector(spec(seed=1, transient_rate=1.0), 0),
-        )  # fmt: skip
+            pl.DataFrame({"id": range(9)}),
+            JobCall(
+                echo_batch,
+                CTX,
+                "id",
+                FAST_RETRY,
+                FaultInjector(spec(seed=1, transient_rate=1.0), 0),
+            ),
+        )
         assert outcome.dead == [] and outcome.result.height == 9
 
 
@@ -210,9 +217,9 @@ class TestResourceFaults:
     def test_oom_aborts_item_mode(self) -> None:
         with pytest.raises(MemoryError):
             run_item_mode(
-                pl.DataFrame({"id": range(3)}), echo, CTX, "id", FAST_RETRY,
-                faults=FaultInjector(spec(oom_batches=(2,)), 2),
-            )  # fmt: skip
+                pl.DataFrame({"id": range(3)}),
+                JobCall(echo, CTX, "id", FAST_RETRY, FaultInjector(spec(oom_batches=(2,)), 2)),
+            )
 
     @pytest.mark.parametrize(
         ("mode", "attempt", "expect_killed", "expect_done"),
@@ -293,9 +300,3 @@ class TestS3Throttle:
 
         assert pattern(4) == pattern(4)
         assert any(pattern(4))
-
-    def test_injector_instruments_only_when_enabled(self, aws_env: str) -> None:
-        client = boto3.client("s3")
-        assert FaultInjector(spec(), 0).instrument_s3(client) is None
-        hook = FaultInjector(spec(s3_throttle_rate=0.1), 0).instrument_s3(client)
-        assert hook is not None and hook.rate == 0.1

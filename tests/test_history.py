@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ops_fixtures import BAD_IDS, make_finished_run, open_store
+from ops_fixtures import BAD_IDS, make_finished_run, open_store, upload_run
 
 from orchestrator_ext.cli import EXIT_USER_ERROR, main
 from orchestrator_ext.history import (
+    DeadLetter,
+    DeadLetters,
+    TaskFailure,
     UnknownTask,
     attempt_spans,
     batch_task,
@@ -22,6 +25,7 @@ from orchestrator_ext.history import (
     read_dead_letters,
     resolve_task,
 )
+from orchestrator_ext.history_view import render_audit, render_dead_letters, render_failures
 from orchestrator_ext.layout import RunLayout
 from orchestrator_ext.state.sqlite import SqliteStateStore
 
@@ -130,8 +134,25 @@ class TestDeadLetters:
         assert len(limited.items) == 1 and limited.total == 3
         assert read_dead_letters(config.run_dir, category="transient").total == 0
 
-    def test_run_in_s3_is_not_read(self) -> None:
-        assert read_dead_letters("s3://bucket/r").files == 0
+    def test_run_in_s3(self, finished, aws_env: str) -> None:
+        """The same answers for the run's folder in S3 (the local S3 server) as on disk."""
+        import uuid
+
+        import polars as pl
+
+        from orchestrator_ext.s3 import make_s3_client
+
+        _, config = finished
+        client = make_s3_client()
+        bucket = f"history-{uuid.uuid4().hex[:10]}"
+        client.create_bucket(Bucket=bucket)
+        run_dir = upload_run(config.run_dir, client, bucket, "p")
+        dead = read_dead_letters(run_dir)
+        expected = pl.read_parquet(f"{config.run_dir}/dead_letter/*.parquet")
+        assert dead.files == 2 and dead.total == expected.height == len(BAD_IDS)
+        assert sorted(item.id for item in dead.items) == sorted(expected["id"].to_list())
+        assert dead.by_batch == {"00000": 2, "00003": 1}
+        assert [d.id for d in read_dead_letters(run_dir, batch="batch-00003").items] == [17]
 
 
 class TestResolveTask:
@@ -222,3 +243,72 @@ class TestAuditCommand:
         configfile, _ = finished
         assert main(["audit", "--task", "nope", "--configfile", str(configfile)]) == 2
         assert "no task 'nope'" in _one_error_line(capsys)
+
+
+def _text(renderable: Any) -> str:
+    """What the console prints for ``renderable``, wide enough for one line per row."""
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    Console(file=out, width=300).print(renderable)
+    return out.getvalue()
+
+
+def _failure(message: str = "oom", **fields: Any) -> TaskFailure:
+    values: dict[str, Any] = {
+        "task_id": "batch-00001", "kind": "batch", "status": "FAILED",
+        "category": "resource", "error_type": "MemoryError", "message": message,
+        "attempt": 2, "host": "n1", "slurm_job_id": None, "finished_at": None,
+        "log": "run/logs/process_batch/00001.log", **fields,
+    }  # fmt: skip
+    return TaskFailure(**values)
+
+
+class TestRenderFailures:
+    def test_none(self) -> None:
+        assert render_failures([]) == "no failed tasks"
+
+    def test_one_row_per_task_with_its_log(self) -> None:
+        text = _text(render_failures([_failure(), _failure(task_id="final", log=None)]))
+        assert text.startswith("failed tasks (2)")
+        row = next(line for line in text.splitlines() if "batch-00001" in line)
+        for cell in ("FAILED", "resource", "MemoryError: oom", "2", "00001.log"):
+            assert cell in row
+        final = next(line for line in text.splitlines() if "final" in line)
+        assert final.count(" - ") == 2  # no Slurm job id, no log
+
+    def test_markup_in_data_is_printed_as_is(self) -> None:
+        text = _text(render_failures([_failure("bad [/bold] [red]x[/red]", host="[i]n")]))
+        assert "MemoryError: bad [/bold] [red]x[/red]" in text
+
+
+class TestRenderDeadLetters:
+    ITEMS = [DeadLetter("00003", "[i]17", "permanent", "PermanentError", "PermanentError: x", 1)]
+
+    def test_shown_of_total(self) -> None:
+        dead = DeadLetters(self.ITEMS, total=4, by_category={}, by_batch={}, files=1)
+        text = _text(render_dead_letters(dead))
+        assert text.startswith("dead-lettered items: showing 1 of 4")
+        assert "[i]17" in text and "PermanentError: x" in text
+
+    def test_none(self) -> None:
+        empty = DeadLetters([], total=0, by_category={}, by_batch={}, files=0)
+        assert render_dead_letters(empty) == "no dead-lettered items"
+
+
+class TestRenderAudit:
+    def test_heading_then_one_aligned_line_per_transition(self) -> None:
+        rows = [
+            {"task_id": "batch-00000", "from": None, "to": "PENDING", "attempt": 0,
+             "host": None, "slurm_job_id": None, "at": "T0", "detail": None},
+            {"task_id": "batch-00000", "from": "RUNNING", "to": "FAILED", "attempt": 1,
+             "host": "n1", "slurm_job_id": "7", "at": "T1", "detail": "resource: oom"},
+        ]  # fmt: skip
+        assert render_audit("r", rows) == [
+            "run r: 2 transitions",
+            "T0  batch-00000                    - -> PENDING   attempt 0  host -  slurm -",
+            "T1  batch-00000              RUNNING -> FAILED    attempt 1  host n1  slurm 7"
+            "  resource: oom",
+        ]

@@ -4,27 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator_ext.layout import (
-    TASK_FINAL,
-    TASK_MANIFEST,
-    RunLayout,
-    all_task_ids,
-    batch_name,
-    children,
-    level_sizes,
-    part_name,
-    root_level,
-    task_id_for_batch,
-    task_id_for_merge,
-)
-
-
-class TestNames:
-    def test_zero_padded(self) -> None:
-        assert batch_name(42) == "batch-00042"
-        assert part_name(3) == "part-00003"
-        assert task_id_for_batch(7) == "batch-00007"
-        assert task_id_for_merge(2, 11) == "merge-L2-part-00011"
+from orchestrator_ext.layout import RunLayout, children, level_sizes, root_level
 
 
 class TestLevelSizes:
@@ -104,26 +84,6 @@ class TestChildren:
     def test_no_such_node(self, level: int, index: int) -> None:
         with pytest.raises(ValueError, match=f"no merge node L{level}/{index}"):
             children(level, index, 40, 16)
-
-
-class TestAllTaskIds:
-    @pytest.mark.parametrize(
-        ("n", "fan_in", "inner"),
-        [(1, 16, 0), (16, 16, 0), (17, 16, 2), (40, 16, 3), (10000, 16, 625 + 40 + 3)],
-    )
-    def test_counts(self, n: int, fan_in: int, inner: int) -> None:
-        tasks = all_task_ids(n, fan_in)
-        assert len(tasks) == n + inner + 2
-        assert len(set(tasks)) == len(tasks)
-        assert sum(t.startswith("batch-") for t in tasks) == n
-        assert sum(t.startswith("merge-") for t in tasks) == inner
-        assert tasks[-2:] == [TASK_FINAL, TASK_MANIFEST]
-
-    def test_root_is_final_not_a_merge_task(self) -> None:
-        tasks = all_task_ids(17, 16)
-        assert "merge-L1-part-00000" in tasks
-        assert "merge-L1-part-00001" in tasks
-        assert "merge-L2-part-00000" not in tasks
 
 
 class TestRunLayout:

@@ -23,12 +23,11 @@ from orchestrator_ext.manifest import (
     build_manifest,
     listed_files,
     manifest_schema,
-    verify_manifest,
-    verify_run,
 )
 from orchestrator_ext.state import TaskStatus
 from orchestrator_ext.state.sqlite import SqliteStateStore
 from orchestrator_ext.storage import read_json, sha256_file, write_json
+from orchestrator_ext.verify import verify_manifest, verify_run
 
 try:
     import jobs_for_tests as jobs
@@ -197,17 +196,6 @@ class TestVerifyManifest:
             f"checksum mismatch: {layout.dead_letter(1)} (batch 00001 dead letters)"
         )
         assert problems[1].startswith(f"checksum mismatch: {layout.final} (final result)")
-
-    def test_open_local_maps_uris(self, run, tmp_path: Path) -> None:
-        layout = RunLayout(run[0].run_dir)
-        seen: list[str] = []
-
-        def open_local(uri: str) -> str:
-            seen.append(uri)
-            return uri
-
-        assert verify_manifest(layout.manifest, open_local) == []
-        assert len(seen) == 9  # plan, 3 results, 2 dead-letter files, 2 merges, final
 
     def test_unknown_version(self, run, tmp_path: Path) -> None:
         path = tmp_path / "m.json"

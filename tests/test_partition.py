@@ -11,18 +11,16 @@ import numpy as np
 import polars as pl
 import pytest
 
-from orchestrator_ext import partition
+from orchestrator_ext import partition, task
 from orchestrator_ext.config import BatchingSpec, InputSpec, load_config
 from orchestrator_ext.errors import InputError
-from orchestrator_ext.layout import all_task_ids
+from orchestrator_ext.items import check_ids, concat_items, list_input_files, read_items
+from orchestrator_ext.layout import level_sizes
 from orchestrator_ext.partition import (
     assign_batches,
     batch_numbers,
-    check_ids,
     estimate_row_bytes,
-    list_input_files,
     partition_items,
-    read_items,
     read_plan,
 )
 from orchestrator_ext.state import TaskStatus
@@ -226,11 +224,11 @@ class TestConcatItems:
             InputError,
             match=r"'id' is String in s3://b/in/p0\.jsonl but Int32 in s3://b/in/p1\.jsonl",
         ):
-            partition.concat_items(frames, names, "id", "objects")
+            concat_items(frames, names, "id", "objects")
 
     def test_other_columns_are_still_relaxed(self) -> None:
         frames = [pl.DataFrame({"id": [1], "v": [1]}), pl.DataFrame({"id": [2], "v": [0.5]})]
-        items = partition.concat_items(frames, ["a", "b"], "id")
+        items = concat_items(frames, ["a", "b"], "id")
         assert items.schema == pl.Schema({"id": pl.Int64, "v": pl.Float64})
 
 
@@ -429,7 +427,7 @@ class TestPartitionItems:
         config = partition_config(_items(1000), batching={"max_items": 50})  # 20 batches
         partition_items(config, store, tmp_path / "batches")
         rows = {t.task_id: t for t in store.tasks()}
-        expected = set(all_task_ids(20, 3)) | {"partition"}
+        expected = set(task.all_ids(level_sizes(20, 3))) | {"partition"}
         assert set(rows) == expected
         assert "merge-L1-part-00006" in rows and "merge-L2-part-00002" in rows
         assert rows["partition"].status is TaskStatus.SUCCEEDED
@@ -557,7 +555,7 @@ class TestNewPlanSupersedesTheOld:
         store.succeed(store.begin_attempt("batch-00000"), "b" * 64)
         partition_items(partition_config(_items(120)), store, out)
         rows = {t.task_id: t for t in store.tasks()}
-        assert set(rows) == set(all_task_ids(2, 3)) | {"partition"}
+        assert set(rows) == set(task.all_ids(level_sizes(2, 3))) | {"partition"}
         assert rows["batch-00000"].status is TaskStatus.PENDING
         assert rows["batch-00000"].items == 100 and rows["batch-00001"].items == 20
         assert store.get("batch-00002").status is TaskStatus.SUPERSEDED

@@ -1,10 +1,10 @@
-"""Unit tests for orchestrator_ext.process: one batch through the job, no workflow runs."""
+"""Unit tests for orchestrator_ext.process (one batch through the job, no workflow runs) and
+the runners it calls (item_mode, batch_mode)."""
 
 from __future__ import annotations
 
 import math
 import re
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from orchestrator_ext import s3
+from orchestrator_ext.batch_mode import run_batch_mode
 from orchestrator_ext.config import RetrySpec, load_config
 from orchestrator_ext.errors import (
     BatchFailed,
@@ -21,22 +21,15 @@ from orchestrator_ext.errors import (
     RowsMismatch,
     SchemaMismatch,
     StateConflict,
-    TransientError,
 )
+from orchestrator_ext.item_mode import run_item_mode
 from orchestrator_ext.job import JobContext
-from orchestrator_ext.process import (
-    RetryingCall,
-    check_tolerance,
-    dead_letter_frame,
-    process_batch,
-    publish_dead_letters,
-    run_batch_mode,
-    run_item_mode,
-    transient_retrying,
-)
+from orchestrator_ext.output_contract import check_rows_per_item
+from orchestrator_ext.process import process_batch
+from orchestrator_ext.runner import JobCall
 from orchestrator_ext.state import TaskStatus
 from orchestrator_ext.state.sqlite import SqliteStateStore
-from orchestrator_ext.storage import read_json, sha256_file
+from orchestrator_ext.storage import read_json, sha256_file, write_json
 
 try:
     import jobs_for_tests as jobs
@@ -81,7 +74,7 @@ def run_batch(tmp_path: Path, store, make_config: Callable[..., dict[str, Any]])
             store,
             "00000",
             str(paths["batch_file"]),
-            sha256_file(paths["batch_file"]),
+            str(write_plan(paths["batch_file"])),
             str(paths["result_file"]),
             str(paths["dead_letter_file"]),
             str(paths["record_file"]),
@@ -90,6 +83,18 @@ def run_batch(tmp_path: Path, store, make_config: Callable[..., dict[str, Any]])
 
     run.paths = paths  # type: ignore[attr-defined]
     return run
+
+
+def write_plan(batch_file: Path) -> Path:
+    """``plan.json`` beside ``batch_file`` naming its sha256, as ``partition_items`` writes
+    it (other batches already there are kept); ``process_batch`` checks the batch by it."""
+    plan = batch_file.parent / "plan.json"
+    number = int(batch_file.stem.removeprefix("batch-"))
+    data = read_json(plan) if plan.exists() else {"batches": []}
+    data["batches"] += [{}] * (number + 1 - len(data["batches"]))
+    data["batches"][number] = {"batch_id": f"{number:05d}", "sha256": sha256_file(batch_file)}
+    write_json(plan, data)
+    return plan
 
 
 def _nothing_published(paths: dict[str, Path]) -> None:
@@ -211,7 +216,7 @@ class TestProcessBatchBatchMode:
                 "job": {"function": jobs.module_ref("double_batch")},
             }
         )
-        recorded = sha256_file(paths["batch_file"])
+        plan = write_plan(paths["batch_file"])  # the plan names the batch as partitioned
         pl.DataFrame({"id": [0], "value": [99]}).write_parquet(paths["batch_file"])
         with pytest.raises(ChecksumMismatch, match="batch 00000 input"):
             process_batch(
@@ -219,7 +224,7 @@ class TestProcessBatchBatchMode:
                 store,
                 "00000",
                 str(paths["batch_file"]),
-                recorded,
+                str(plan),
                 str(paths["result_file"]),
                 str(paths["dead_letter_file"]),
                 str(paths["record_file"]),
@@ -331,238 +336,6 @@ class TestProcessBatchItemMode:
         _nothing_published(run_batch.paths)
 
 
-class TestCheckTolerance:
-    def _dead(self, n: int) -> list[dict[str, Any]]:
-        return [{"id": i, "message": f"boom {i}"} for i in range(n)]
-
-    def test_at_tolerance_passes(self) -> None:
-        check_tolerance("00001", 10, self._dead(1), 0.1)
-
-    def test_no_items(self) -> None:
-        check_tolerance("00001", 0, [], 0.0)
-
-    def test_above_tolerance(self) -> None:
-        with pytest.raises(BatchFailed, match=r"batch 00001: 2 of 10 .* first: id 0: boom 0"):
-            check_tolerance("00001", 10, self._dead(2), 0.1)
-
-    def test_zero_tolerance_refuses_one(self) -> None:
-        with pytest.raises(BatchFailed, match="1 of 1000 items failed"):
-            check_tolerance("00002", 1000, self._dead(1), 0.0)
-
-
-class TestPublishDeadLetters:
-    """``publish_dead_letters`` with an ``s3://`` URI, against the moto server over HTTP."""
-
-    @pytest.fixture
-    def bucket(self, aws_env: str) -> str:
-        name = f"dead-letters-{uuid.uuid4().hex[:10]}"
-        s3.make_s3_client().create_bucket(Bucket=name)
-        return name
-
-    def _dead(self) -> pl.DataFrame:
-        rows = [{"id": 7, "category": "permanent", "error_type": "E", "message": "m",
-                 "attempt": 1}]  # fmt: skip
-        return pl.DataFrame(rows, schema=dead_letter_frame([], pl.Int64).schema)
-
-    def test_uploaded_encrypted_after_the_block(self, bucket: str) -> None:
-        uri = f"s3://{bucket}/run/dead_letter/batch-00001.parquet"
-        client = s3.make_s3_client()
-        with publish_dead_letters(self._dead(), uri) as facts:
-            assert facts is not None and facts["uri"] == uri
-            assert client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
-        head = client.head_object(Bucket=bucket, Key="run/dead_letter/batch-00001.parquet")
-        assert head["ServerSideEncryption"] == "AES256"
-        assert head["ContentLength"] == facts["bytes"]
-        assert s3.sha256_object(client, uri) == facts["sha256"]
-
-    def test_nothing_uploaded_when_the_block_fails_or_nothing_is_dead(self, bucket) -> None:
-        uri = f"s3://{bucket}/run/dead_letter/batch-00002.parquet"
-        with pytest.raises(StateConflict), publish_dead_letters(self._dead(), uri):
-            raise StateConflict("lost the race")
-        with publish_dead_letters(dead_letter_frame([], pl.Int64), uri) as facts:
-            assert facts is None
-        assert s3.make_s3_client().list_objects_v2(Bucket=bucket).get("KeyCount") == 0
-
-
-def _echo_or_fail(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-    """Item job: returns the id; item 2 is bad data."""
-    if item["id"] == 2:
-        raise PermanentError("item 2 is bad")
-    return {"id": item["id"], "n": item["n"] + 1}
-
-
-class TestRunItemMode:
-    def test_uint64_ids_give_one_result_schema_in_every_batch(self, tmp_path: Path) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        ctx = JobContext(run_id="r", batch_id="00000", attempt=1)
-        schema = {"id": pl.UInt64, "n": pl.Int32}
-        batches = [
-            pl.DataFrame({"id": [1, 2, 3], "n": [1, 2, 3]}, schema=schema),
-            pl.DataFrame({"id": [2**63, 2**64 - 1], "n": [4, 5]}, schema=schema),
-        ]
-        outcomes = [run_item_mode(b, _echo_or_fail, ctx, "id", RetrySpec()) for b in batches]
-        results = [o.result for o in outcomes]
-        # Inferred from Python ints, batch 0 was Int64 and batch 1 Int128 (unreadable by
-        # pyarrow: the merge failed with ArrowNotImplementedError).
-        assert results[0].schema == results[1].schema == pl.Schema(schema)
-        assert dead_letter_frame(outcomes[0].dead, pl.UInt64).schema["id"] == pl.UInt64
-        paths = [tmp_path / f"r{i}.parquet" for i in range(2)]
-        for result, path in zip(results, paths, strict=True):
-            result.write_parquet(path)
-        merged = pa.concat_tables([pq.read_table(path) for path in paths])
-        assert merged.column("id").to_pylist() == [1, 3, 2**63, 2**64 - 1]
-
-    def test_string_ids_stay_strings(self) -> None:
-        ctx = JobContext(run_id="r", batch_id="00000", attempt=1)
-        items = pl.DataFrame({"id": ["001", "1"], "n": [1, 2]})
-        result = run_item_mode(items, _echo_or_fail, ctx, "id", RetrySpec()).result
-        assert result.get_column("id").to_list() == ["001", "1"]
-
-    def test_id_of_another_kind_is_an_error_not_coerced(self) -> None:
-        ctx = JobContext(run_id="r", batch_id="00007", attempt=1)
-        items = pl.DataFrame({"id": ["5"], "n": [1]})
-
-        def as_int(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-            return {"id": int(item["id"])}
-
-        with pytest.raises(
-            TypeError,
-            match=r"batch 00007: result column 'id' holds Int64 values \(e\.g\. 5\), but the "
-            r"input's ids are String",
-        ):
-            run_item_mode(items, as_int, ctx, "id", RetrySpec())
-
-    def test_an_id_that_does_not_fit_the_input_dtype_is_an_error(self) -> None:
-        ctx = JobContext(run_id="r", batch_id="00003", attempt=1)
-        items = pl.DataFrame({"id": [7]}, schema={"id": pl.Int32})
-
-        def overflow(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-            return {"id": item["id"] * 2**40}
-
-        with pytest.raises(
-            ValueError,
-            match=r"batch 00003: result column 'id' has 1 values that do not fit the input "
-            r"column's type Int32 \(e\.g\. 7696581394432\)",
-        ):
-            run_item_mode(items, overflow, ctx, "id", RetrySpec())
-
-    def test_new_values_under_an_input_column_name_are_the_jobs_own(self) -> None:
-        ctx = JobContext(run_id="r", batch_id="00003", attempt=1)
-        items = pl.DataFrame({"id": [1], "n": [7]}, schema={"id": pl.Int64, "n": pl.Int32})
-
-        def overflow(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-            return {"id": item["id"], "n": item["n"] * 2**40}
-
-        result = run_item_mode(items, overflow, ctx, "id", RetrySpec()).result
-        assert result.schema == {"id": pl.Int64, "n": pl.Int64}
-        assert result["n"].to_list() == [7 * 2**40]
-
-
-class TestDeadLetterFrame:
-    def test_ids_keep_the_input_dtype(self) -> None:
-        dead = [{"id": 2**63, "category": "permanent", "error_type": "E", "message": "m"}]
-        frame = dead_letter_frame([{**dead[0], "attempt": 1}], pl.UInt64)
-        assert frame.schema["id"] == pl.UInt64 and frame.item(0, "id") == 2**63
-
-    def test_id_of_another_kind_is_not_coerced(self) -> None:
-        dead = [{"id": 5, "category": "permanent", "error_type": "E", "message": "m", "attempt": 1}]
-        with pytest.raises(TypeError, match=r"dead-letter column 'id' holds Int64 values"):
-            dead_letter_frame(dead, pl.String)
-
-    def test_empty_keeps_schema(self) -> None:
-        frame = dead_letter_frame([], pl.String)
-        assert frame.height == 0
-        assert frame.schema == pl.Schema(
-            {
-                "id": pl.String,
-                "category": pl.String,
-                "error_type": pl.String,
-                "message": pl.String,
-                "attempt": pl.Int64,
-            }
-        )
-
-
-class TestTransientRetrying:
-    def _calls(self, exc: BaseException, times: int) -> tuple[Callable[[], str], list[int]]:
-        calls: list[int] = []
-
-        def fn() -> str:
-            calls.append(1)
-            if len(calls) <= times:
-                raise exc
-            return "ok"
-
-        return fn, calls
-
-    def test_retries_transient_until_success(self) -> None:
-        fn, calls = self._calls(TransientError("slow down"), 2)
-        assert transient_retrying(RetrySpec(5, 0.001, 0.001))(fn) == "ok"
-        assert len(calls) == 3
-
-    def test_gives_up_after_max_attempts(self) -> None:
-        fn, calls = self._calls(ConnectionError("reset"), 10)
-        with pytest.raises(ConnectionError, match="reset"):
-            transient_retrying(RetrySpec(3, 0.001, 0.001))(fn)
-        assert len(calls) == 3
-
-    def test_does_not_retry_permanent(self) -> None:
-        fn, calls = self._calls(PermanentError("bad row"), 10)
-        with pytest.raises(PermanentError):
-            transient_retrying(RetrySpec(5, 0.001, 0.001))(fn)
-        assert len(calls) == 1
-
-    def test_job_context_is_passed(self) -> None:
-        ctx = JobContext(run_id="r", batch_id="00000", attempt=1)
-        seen: list[JobContext] = []
-        transient_retrying(RetrySpec())(lambda c: seen.append(c), ctx)
-        assert seen == [ctx]
-
-
-class TestRetryingCall:
-    """The job-call path: a direct first call, tenacity only after a transient failure."""
-
-    def _calls(self, exc: BaseException, times: int) -> tuple[Callable[[int], int], list[int]]:
-        calls: list[int] = []
-
-        def fn(value: int) -> int:
-            calls.append(value)
-            if len(calls) <= times:
-                raise exc
-            return value * 2
-
-        return fn, calls
-
-    @pytest.mark.parametrize("failures", [0, 1, 2, 4])
-    def test_succeeds_within_max_attempts(self, failures: int) -> None:
-        fn, calls = self._calls(TransientError("slow down"), failures)
-        assert RetryingCall(RetrySpec(5, 0.001, 0.001))(fn, 21) == 42
-        assert calls == [21] * (failures + 1)
-
-    @pytest.mark.parametrize("max_attempts", [1, 2, 3])
-    def test_makes_exactly_max_attempts(self, max_attempts: int) -> None:
-        fn, calls = self._calls(ConnectionError("reset"), 10)
-        with pytest.raises(ConnectionError, match="reset"):
-            RetryingCall(RetrySpec(max_attempts, 0.001, 0.001))(fn, 1)
-        assert len(calls) == max_attempts
-
-    def test_does_not_retry_permanent(self) -> None:
-        fn, calls = self._calls(PermanentError("bad row"), 10)
-        with pytest.raises(PermanentError):
-            RetryingCall(RetrySpec(5, 0.001, 0.001))(fn, 1)
-        assert len(calls) == 1
-
-    def test_backoff_grows_as_tenacity_would(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        # Full jitter: the n-th wait is drawn from [0, initial * 2**(n-1)], capped at max.
-        bounds: list[float] = []
-        monkeypatch.setattr("random.uniform", lambda low, high: bounds.append(high) or 0.0)
-        fn, _ = self._calls(TransientError("slow down"), 4)
-        RetryingCall(RetrySpec(5, 1.0, 5.0))(fn, 1)
-        assert bounds == [1.0, 2.0, 4.0, 5.0]
-
-
 # -- what a job returns --------------------------------------------------------------------
 
 
@@ -610,7 +383,9 @@ class TestItemModeReturns:
     )  # fmt: skip
     def test_anything_else_is_the_items_permanent_error(self, value: Any, message: str) -> None:
         value = _returned(value) if value in ("pandas", "polars") else value
-        outcome = run_item_mode(self.ITEMS, lambda item, ctx: value, self.CTX, "id", RetrySpec())
+        outcome = run_item_mode(
+            self.ITEMS, JobCall(lambda item, ctx: value, self.CTX, "id", RetrySpec())
+        )
         assert outcome.result.height == 0 and "column_0" not in outcome.result.columns
         assert [d["id"] for d in outcome.dead] == [1, 3]
         for dead in outcome.dead:
@@ -623,7 +398,9 @@ class TestItemModeReturns:
 
         configure_error_rules(transient=["TypeError"])
         try:
-            outcome = run_item_mode(self.ITEMS, lambda item, ctx: 42, self.CTX, "id", RetrySpec())
+            outcome = run_item_mode(
+                self.ITEMS, JobCall(lambda item, ctx: 42, self.CTX, "id", RetrySpec())
+            )
         finally:
             configure_error_rules()
         assert {d["category"] for d in outcome.dead} == {"permanent"}
@@ -710,21 +487,20 @@ class TestBisectionStopsAtTheTolerance:
     def test_under_the_tolerance_every_bad_item_is_isolated_as_before(self) -> None:
         ctx = JobContext(run_id="r", batch_id="00000", attempt=1, params={"bad_ids": [3, 11]})
         items = pl.DataFrame({"id": list(range(16)), "value": list(range(16))})
-        unlimited = run_batch_mode(items, _recording_batch, ctx, "id", RetrySpec())
+        unlimited = run_batch_mode(items, JobCall(_recording_batch, ctx, "id", RetrySpec()))
         calls, CALLS[:] = list(CALLS), []
-        limited = run_batch_mode(
-            items, _recording_batch, ctx, "id", RetrySpec(), max_dead_fraction=2 / 16
-        )
+        call = JobCall(_recording_batch, ctx, "id", RetrySpec())
+        limited = run_batch_mode(items, call, max_dead_fraction=2 / 16)
         assert calls == CALLS
         assert limited.result.equals(unlimited.result)
         assert [d["id"] for d in limited.dead] == [d["id"] for d in unlimited.dead] == [3, 11]
 
-    def test_with_checkpoints_earlier_chunks_count(self, run_batch, store) -> None:
+    def test_with_chunks_earlier_chunks_count(self, run_batch, store) -> None:
         job = {"function": f"{__name__}:_recording_batch",
                "params": {"bad_ids": [3, 4, 5, 23, 24, 25]}}  # fmt: skip
         options = {
             "tolerance": {"max_dead_letter_fraction": 0.05},
-            "checkpoint": {"every_items": 20},
+            "chunks": {"every_items": 20},
         }
         with pytest.raises(BatchFailed, match=r"^batch 00000: 6 of 100 items failed"):
             run_batch(100, job, **options)
@@ -765,7 +541,7 @@ def run_batches(tmp_path: Path, store, make_config: Callable[..., dict[str, Any]
         )  # fmt: skip
         return process_batch(
             load_config(raw), store, batch, str(where["batch_file"]),
-            sha256_file(where["batch_file"]), str(where["result_file"]),
+            str(write_plan(where["batch_file"])), str(where["result_file"]),
             str(where["dead_letter_file"]), str(where["record_file"]),
         )  # fmt: skip
 
@@ -876,7 +652,7 @@ class TestOutputSchema:
             match=r"^batch 00004: the job's results differ: in part 2, column 'value' is "
             r"String, part 0 has Int64; every call of the job must return the same columns",
         ):
-            run_batch_mode(items, halves_differ, ctx, "id", RetrySpec())
+            run_batch_mode(items, JobCall(halves_differ, ctx, "id", RetrySpec()))
 
 
 class TestItemModeStrictRows:
@@ -890,20 +666,20 @@ class TestItemModeStrictRows:
             run_batches({"function": jobs.module_ref("mixed_item"), "mode": "item"})
         _refused(store, run_batches, "00000", "SchemaMismatch")
 
-    def test_across_checkpoint_chunks_too(self, run_batches, store) -> None:
+    def test_across_chunks_too(self, run_batches, store) -> None:
         job = {"function": f"{__name__}:_int_then_str", "mode": "item"}
         with pytest.raises(
             SchemaMismatch,
             match=r"^batch 00000: result column 'v' is Int64 in one part of the batch and "
             r"String in another",
         ):
-            run_batches(job, checkpoint={"every_items": 5})
+            run_batches(job, chunks={"every_items": 5})
         _refused(store, run_batches, "00000", "SchemaMismatch")
 
     def test_chunks_are_joined_as_one_frame_of_their_rows(self, run_batches) -> None:
         # A key only None in one chunk (Null there) or missing takes the others' type.
         job = {"function": f"{__name__}:_note_late", "mode": "item"}
-        record = run_batches(job, checkpoint={"every_items": 5})
+        record = run_batches(job, chunks={"every_items": 5})
         assert record["schema"] == [["id", "Int64"], ["note", "String"], ["v", "Int64"]]
         result = pl.read_parquet(run_batches.paths("00000")["result_file"])
         assert result["note"].to_list() == [None] * 5 + ["x"] * 5
@@ -1000,9 +776,7 @@ def _drop_last_after_bad(batch: pl.DataFrame, ctx: JobContext) -> pl.DataFrame:
 
 def run_batch_and_check(fn: Callable[..., Any], n_items: int) -> None:
     """Run ``fn`` on ``n_items`` items and check ``job.rows: per_item``."""
-    from orchestrator_ext.process import check_rows_per_item
-
     ctx = JobContext(run_id="r", batch_id="00000", attempt=1)
     items = pl.DataFrame({"id": list(range(n_items))})
-    outcome = run_batch_mode(items, fn, ctx, "id", RetrySpec())
+    outcome = run_batch_mode(items, JobCall(fn, ctx, "id", RetrySpec()))
     check_rows_per_item("00000", items, outcome.result, outcome.dead, "id")

@@ -1,4 +1,4 @@
-"""Recovery paths, proven with fault injection: sub-batch checkpoints and resume, a batch
+"""Recovery paths, proven with fault injection: sub-batch chunks and resume, a batch
 killed mid-way, the coordinator (snakemake) killed at several points, two attempts of one
 batch racing, a result corrupted after commit, and a chaos drill with transient and
 permanent item faults.
@@ -25,18 +25,18 @@ import polars as pl
 import pytest
 from conftest import base_config, run_snakemake, snakemake_command, write_config
 
-from orchestrator_ext.checkpoint import checkpoint_dir
+from orchestrator_ext.chunks import chunks_dir
 from orchestrator_ext.config import load_config
 from orchestrator_ext.errors import StateConflict
 from orchestrator_ext.example_data import make_records
 from orchestrator_ext.faults import FaultInjector
 from orchestrator_ext.job import JobContext
 from orchestrator_ext.layout import RunLayout
-from orchestrator_ext.manifest import verify_manifest
 from orchestrator_ext.process import process_batch
 from orchestrator_ext.state import TaskStatus
 from orchestrator_ext.state.sqlite import SqliteStateStore
-from orchestrator_ext.storage import read_json, sha256_file
+from orchestrator_ext.storage import read_json, sha256_file, write_json
+from orchestrator_ext.verify import verify_manifest
 
 TESTS = Path(__file__).resolve().parent
 FAST_RETRY = {"max_attempts": 5, "initial_delay_s": 0.001, "max_delay_s": 0.01}
@@ -107,11 +107,20 @@ class Batch:
         try:
             return process_batch(
                 load_config(raw), store, "00000", str(self.batch_file),
-                sha256_file(self.batch_file), **self.paths(raw["run_id"]),
+                str(self.write_plan()), **self.paths(raw["run_id"]),
             )  # fmt: skip
         finally:
             if own:
                 store.close()
+
+    def write_plan(self) -> Path:
+        """``plan.json`` beside the batch file, naming its sha256 as ``partition_items``
+        does: ``process_batch`` checks the batch by it."""
+        plan = self.batch_file.parent / "plan.json"
+        write_json(
+            plan, {"batches": [{"batch_id": "00000", "sha256": sha256_file(self.batch_file)}]}
+        )
+        return plan
 
     def process_in_child(self, raw: dict[str, Any]) -> subprocess.CompletedProcess[str]:
         """Run ``process`` in a child process (a fault may SIGKILL it)."""
@@ -134,7 +143,7 @@ class Batch:
         return sha256_file(self.paths(run_id)["result_file"])
 
     def chunk_folder(self, run_id: str = "r") -> Path:
-        return checkpoint_dir(self.paths(run_id)["result_file"], "00000")
+        return chunks_dir(self.paths(run_id)["result_file"], "00000")
 
 
 @pytest.fixture
@@ -143,14 +152,14 @@ def jobs_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", str(TESTS))
 
 
-class TestCheckpointsInProcess:
-    def test_checkpointed_batch_is_byte_identical_and_cleans_up(self, tmp_path: Path) -> None:
+class TestChunksInProcess:
+    def test_chunked_batch_is_byte_identical_and_cleans_up(self, tmp_path: Path) -> None:
         batch = Batch(tmp_path, 120)
         plain = batch.process(batch.config("plain"))
-        record = batch.process(batch.config(checkpoint={"every_items": 25}))
+        record = batch.process(batch.config(chunks={"every_items": 25}))
         assert record["sha256"] == plain["sha256"] == batch.result_sha()
-        assert record["checkpoint"] == {"chunks": 5, "items_by_attempt": {"1": 120}}
-        assert "checkpoint" not in plain
+        assert record["chunks"] == {"count": 5, "items_by_attempt": {"1": 120}}
+        assert "chunks" not in plain
         assert not batch.chunk_folder().exists(), "chunks are removed after the commit"
         store = SqliteStateStore(batch.state, "r")
         assert store.get("batch-00000").items_done == 120
@@ -161,19 +170,17 @@ class TestCheckpointsInProcess:
         faults = {"enabled": True, "permanent_ids": [7, 61, 62]}
         common = {"job": _item_job(DOUBLE_BATCH), "tolerance": {"max_dead_letter_fraction": 0.1}}
         plain = batch.process(batch.config("plain", faults=faults, **common))
-        record = batch.process(
-            batch.config(checkpoint={"every_items": 30}, faults=faults, **common)
-        )
+        record = batch.process(batch.config(chunks={"every_items": 30}, faults=faults, **common))
         assert record["sha256"] == plain["sha256"]
-        assert record["checkpoint"]["chunks"] == 4
+        assert record["chunks"]["count"] == 4
         dead = pl.read_parquet(batch.paths()["dead_letter_uri"])
         assert dead["id"].to_list() == [7, 61, 62]
 
     def test_time_based_chunks(self, tmp_path: Path) -> None:
         batch = Batch(tmp_path, 12)
         plain = batch.process(batch.config("plain"))
-        record = batch.process(batch.config(checkpoint={"every_seconds": 0}))
-        assert record["checkpoint"]["chunks"] == 12, "every_seconds 0: one item per chunk"
+        record = batch.process(batch.config(chunks={"every_seconds": 0}))
+        assert record["chunks"]["count"] == 12, "every_seconds 0: one item per chunk"
         assert record["sha256"] == plain["sha256"]
 
     def test_killed_attempt_is_resumed_from_its_last_chunk(
@@ -182,7 +189,7 @@ class TestCheckpointsInProcess:
         batch = Batch(tmp_path, 100)
         plain = batch.process(batch.config("plain"))
         raw = batch.config(
-            checkpoint={"every_items": 20}, faults={"enabled": True, "kill_batches": {0: 70}}
+            chunks={"every_items": 20}, faults={"enabled": True, "kill_batches": {0: 70}}
         )
         child = batch.process_in_child(raw)
         assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
@@ -197,7 +204,7 @@ class TestCheckpointsInProcess:
 
         assert record["sha256"] == plain["sha256"] == batch.result_sha()
         assert record["attempts"] == 2
-        assert record["checkpoint"]["items_by_attempt"] == {"1": 60, "2": 40}
+        assert record["chunks"]["items_by_attempt"] == {"1": 60, "2": 40}
         store = SqliteStateStore(batch.state, "r")
         log = store.transitions("batch-00000")
         store.close()
@@ -205,14 +212,14 @@ class TestCheckpointsInProcess:
             ("PENDING", 0), ("RUNNING", 1), ("RUNNING", 2), ("RUNNING", 2), ("SUCCEEDED", 2),
         ]  # fmt: skip
         assert log[3].detail == (
-            "resumed at item 60 of 100 from 3 checkpointed chunk(s) (attempt 1: 60)"
+            "resumed at item 60 of 100 from 3 persisted chunk(s) (attempt 1: 60)"
         )
 
     def test_tampered_chunk_and_the_ones_after_it_are_redone(self, tmp_path: Path) -> None:
         batch = Batch(tmp_path, 100)
         plain = batch.process(batch.config("plain"))
         raw = batch.config(
-            checkpoint={"every_items": 20}, faults={"enabled": True, "kill_batches": {0: 70}}
+            chunks={"every_items": 20}, faults={"enabled": True, "kill_batches": {0: 70}}
         )
         assert batch.process_in_child(raw).returncode == -signal.SIGKILL
         folder = batch.chunk_folder()
@@ -220,19 +227,19 @@ class TestCheckpointsInProcess:
         (folder / "chunk-00001.parquet").write_bytes((folder / "chunk-00002.parquet").read_bytes())
         record = batch.process(raw)
         assert record["sha256"] == plain["sha256"]
-        assert record["checkpoint"]["items_by_attempt"] == {"1": 20, "2": 80}
+        assert record["chunks"]["items_by_attempt"] == {"1": 20, "2": 80}
 
     def test_chunks_of_another_job_config_are_not_reused(self, tmp_path: Path) -> None:
         batch = Batch(tmp_path, 100)
         plain = batch.process(batch.config("plain"))
         raw = batch.config(
-            checkpoint={"every_items": 20}, faults={"enabled": True, "kill_batches": {0: 30}}
+            chunks={"every_items": 20}, faults={"enabled": True, "kill_batches": {0: 30}}
         )
         assert batch.process_in_child(raw).returncode == -signal.SIGKILL
         assert (batch.chunk_folder() / "chunk-00000.parquet").exists()
         changed = {**raw, "job": {**raw["job"], "params": {"bad_ids": []}}}
         record = batch.process(changed)
-        assert record["checkpoint"]["items_by_attempt"] == {"2": 100}
+        assert record["chunks"]["items_by_attempt"] == {"2": 100}
         assert record["sha256"] == plain["sha256"]
 
 
@@ -249,13 +256,13 @@ def gated_item(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
 
 
 class TestRacingAttempts:
-    @pytest.mark.parametrize("checkpoints", [False, True], ids=["plain", "checkpoints"])
+    @pytest.mark.parametrize("chunks", [False, True], ids=["plain", "chunks"])
     @pytest.mark.parametrize("first", [1, 2], ids=["older-finishes-first", "newer-finishes-first"])
-    def test_exactly_one_attempt_commits(self, tmp_path: Path, checkpoints: bool, first: int):
+    def test_exactly_one_attempt_commits(self, tmp_path: Path, chunks: bool, first: int):
         batch = Batch(tmp_path, 20)
         raw = batch.config(
             job={**_item_job(), "function": f"{__name__}:gated_item"},
-            **({"checkpoint": {"every_items": 5}} if checkpoints else {}),
+            **({"chunks": {"every_items": 5}} if chunks else {}),
         )
         GATES.clear()
         GATES.update({1: threading.Event(), 2: threading.Event()})
@@ -340,7 +347,7 @@ class TestKilledBatch:
         killed = base_config(
             tmp_path,
             run_id="killed",
-            checkpoint={"every_items": 50},
+            chunks={"every_items": 50},
             faults={"enabled": True, "kill_batches": {1: 150}},
             **common,
         )
@@ -358,8 +365,8 @@ class TestKilledBatch:
         assert manifest["items_dead_lettered"] == 0
         record = read_json(layout.result_record(1))
         assert record["attempts"] == 2
-        assert record["checkpoint"]["items_by_attempt"] == {"1": 150, "2": 250}
-        assert not Path(layout.run_dir, "checkpoints", "batch-00001").exists()
+        assert record["chunks"]["items_by_attempt"] == {"1": 150, "2": 250}
+        assert not Path(layout.run_dir, "chunks", "batch-00001").exists()
 
         store = _open_store(killed)
         log = store.transitions("batch-00001")

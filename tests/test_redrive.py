@@ -12,7 +12,7 @@ import jsonschema
 import polars as pl
 import pytest
 import yaml
-from ops_fixtures import BAD_IDS, make_finished_run
+from ops_fixtures import BAD_IDS, make_finished_run, upload_run
 
 from orchestrator_ext.cli import EXIT_USER_ERROR, main
 from orchestrator_ext.config import load_config, read_config_file
@@ -128,12 +128,38 @@ class TestRedrive:
         with pytest.raises(RedriveError, match="no dead-lettered items"):
             redrive(config, tmp_path / "next.yaml")
 
-    def test_run_in_s3_is_refused(self, make_config, tmp_path) -> None:
+    def test_run_in_s3(self, finished, make_config, tmp_path, aws_env) -> None:
+        """A finished run whose folder is in S3 (the local S3 server) is redriven from S3:
+        dead letters and batch files read there, both links and the manifest's
+        ``redriven_to`` written there; the new input holds the bad items' original rows."""
+        import uuid
+
+        from orchestrator_ext.s3 import make_s3_client
+
+        _, local = finished
+        client = make_s3_client()
+        bucket = f"redrive-{uuid.uuid4().hex[:10]}"
+        client.create_bucket(Bucket=bucket)
+        upload_run(local.run_dir, client, bucket, "p")
         config = load_config(
-            make_config(output_root="s3://b/p", state={"backend": "dynamodb", "table": "t"})
-        )
-        with pytest.raises(RedriveError, match="is in S3"):
-            redrive(config, tmp_path / "next.yaml")
+            {**local.raw, "output_root": f"s3://{bucket}/p",
+             "state": {"backend": "dynamodb", "table": "t"}}
+        )  # fmt: skip
+        plan = redrive(config, tmp_path / "next.yaml")
+        assert plan.run_id == "r-redrive-1" and plan.items == 3
+        original = pl.read_parquet(tmp_path / "items.parquet")
+        expected = original.filter(pl.col("id").is_in(list(BAD_IDS)))
+        assert pl.read_parquet(plan.items_file).equals(expected)
+
+        def get(key: str) -> dict[str, Any]:
+            return json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+        assert [b["run_id"] for b in get("p/r/redrive.json")["redriven_to"]] == ["r-redrive-1"]
+        assert [b["run_id"] for b in get("p/r/manifest.json")["redriven_to"]] == ["r-redrive-1"]
+        link = get("p/r-redrive-1/redrive.json")["redrive_of"]
+        assert link["run_dir"] == f"s3://{bucket}/p/r" and link["items"] == 3
+        # The next redrive sees the new run's folder in S3 and takes the next id.
+        assert redrive(config, tmp_path / "again.yaml").run_id == "r-redrive-2"
 
 
 class TestRedriveCommand:

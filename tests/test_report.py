@@ -1,5 +1,10 @@
-"""Unit tests for orchestrator_ext.report and ``orchestrator report`` (no browser; see
-test_dashboard.py for the page rendered in Chromium)."""
+"""Unit tests for the package orchestrator_ext.report and ``orchestrator report`` (no
+browser; see test_dashboard.py for the page rendered in Chromium).
+
+One class per module of the package: ``TestCollect`` (data.py), ``TestFigures``
+(figures.py), ``TestHtml`` and ``TestTemplate`` (render.py, dashboard.html.j2),
+``TestWriteReport`` (write.py), then the CLI command.
+"""
 
 from __future__ import annotations
 
@@ -85,6 +90,25 @@ class TestCollect:
         assert data.status.elapsed_s < 600, "measured to now, an hour after the run"
         assert summary_values(data)["elapsed"] == format_duration(data.status.elapsed_s)
 
+    def test_dead_letters_from_task_rows_without_files_or_manifest(self, finished) -> None:
+        import shutil
+
+        from orchestrator_ext.layout import RunLayout
+
+        _, config = finished
+        layout = RunLayout(config.run_dir)
+        shutil.rmtree(Path(layout.dead_letter(0)).parent)
+        Path(layout.manifest).unlink()
+        store = open_store(config)
+        try:
+            data = collect_report_data(config, store)
+        finally:
+            store.close()
+        # keyed like the files and the manifest key a batch: its number, not its task id
+        assert data.dead_by_batch == {"00000": 2, "00003": 1}
+        assert data.dead_source == "state store (no categories)"
+        assert data.dead_by_category == {}
+
     def test_missing_store_and_manifest_are_notes(self, tmp_path, make_config) -> None:
         from orchestrator_ext.config import load_config
 
@@ -155,6 +179,79 @@ class TestHtml:
         page = render_html(data)
         assert "<img src=x" not in page
         assert "&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in page
+
+    def test_script_in_run_id_error_and_notes_is_escaped(self, data) -> None:
+        # a run id and an error message are user data: neither may open a tag in the page
+        data.run_id = "<script>alert('run')</script>"
+        data.run_dir = "/runs/<script>dir</script>"
+        data.tasks[0].status = type(data.tasks[0].status)("FAILED")
+        data.tasks[0].error_type = "<script>Type</script>"
+        data.tasks[0].error_message = '<script>alert("error")</script>'
+        data.notes = ["<script>note</script> & more"]
+        page = render_html(data)
+        # the page's only scripts are plotly.js and the plots' (no value starts one)
+        assert page.count("<script") == 1 + len(PLOT_IDS)
+        assert "<title>Run &lt;script&gt;alert(&#39;run&#39;)&lt;/script&gt;</title>" in page
+        assert "<h1>Run &lt;script&gt;alert(&#39;run&#39;)&lt;/script&gt;</h1>" in page
+        assert 'data-key="run_id">&lt;script&gt;alert(&#39;run&#39;)&lt;/script&gt;<' in page
+        assert (
+            "<td>&lt;script&gt;Type&lt;/script&gt;: &lt;script&gt;alert(&#34;error&#34;)"
+            "&lt;/script&gt;</td>"
+        ) in page
+        assert "/runs/&lt;script&gt;dir&lt;/script&gt;/logs/" in page
+        assert "<li>&lt;script&gt;note&lt;/script&gt; &amp; more</li>" in page
+
+    def test_more_failures_than_shown_are_counted(self, data) -> None:
+        from dataclasses import replace
+
+        from orchestrator_ext.report.render import MAX_FAILURES_SHOWN
+
+        dead = type(data.tasks[0].status)("DEAD")
+        data.tasks = [
+            replace(data.tasks[0], task_id=f"batch-{i:05d}", status=dead)
+            for i in range(MAX_FAILURES_SHOWN + 7)
+        ]
+        page = render_html(data)
+        assert f"<h2>Failing tasks ({MAX_FAILURES_SHOWN + 7})</h2>" in page
+        assert page.count("<td>DEAD</td>") == MAX_FAILURES_SHOWN
+        assert "<p>7 more: <code>orchestrator errors</code></p>" in page
+
+    def test_a_run_without_anything_says_so(self, tmp_path, make_config) -> None:
+        from orchestrator_ext.config import load_config
+
+        page = render_html(collect_report_data(load_config(make_config(run_id="n")), None))
+        assert "<h2>Failing tasks</h2><p>none</p>" in page
+        assert "<p>not written yet: the run has not finished</p>" in page
+        assert 'data-key="run_id">n<' in page and 'data-key="tasks"' not in page
+
+
+class TestTemplate:
+    def test_autoescape_is_on_for_the_template(self) -> None:
+        from orchestrator_ext.report.render import TEMPLATE, environment
+
+        env = environment()
+        assert env.is_async is False and callable(env.autoescape)
+        assert env.autoescape(TEMPLATE) is True
+
+    def test_only_our_own_markup_is_marked_safe(self) -> None:
+        # |safe turns escaping off: only plotly's output and our CSP may have it, each with
+        # a comment saying why (a value from the run marked safe would be an injection)
+        from orchestrator_ext.report.render import TEMPLATE
+
+        text = (Path(__file__).parents[1] / "orchestrator_ext" / "report" / TEMPLATE).read_text()
+        marked = list(re.finditer(r"\{\{\s*(\w+)\s*\|\s*safe", text))
+        assert sorted(m.group(1) for m in marked) == ["csp", "plot", "plotlyjs"]
+        for match in marked:
+            before = text[: match.start()]
+            assert before.rfind("#}") > before.rfind("}}"), "a |safe without a comment why"
+
+    def test_a_missing_value_is_an_error(self) -> None:
+        import jinja2
+
+        from orchestrator_ext.report.render import TEMPLATE, environment
+
+        with pytest.raises(jinja2.UndefinedError, match="csp"):
+            environment().get_template(TEMPLATE).render()
 
 
 class TestWriteReport:

@@ -14,9 +14,10 @@ import pytest
 from orchestrator_ext import s3
 from orchestrator_ext.config import InputSpec, load_config
 from orchestrator_ext.errors import ConfigError, InputError, MissingOutput, OrchestratorError
-from orchestrator_ext.manifest import verify_manifest_at
-from orchestrator_ext.partition import read_items
-from orchestrator_ext.s3_input import match_objects, read_s3_items
+from orchestrator_ext.items import read_items
+from orchestrator_ext.location import S3Location
+from orchestrator_ext.s3_input import match_objects
+from orchestrator_ext.verify import verify_manifest
 
 SECRET = "do-not-print-this-secret"
 
@@ -248,7 +249,7 @@ class TestS3Input:
 
     def test_parquet_glob(self, client, source, items) -> None:
         spec = InputSpec(f"s3://{source}/in/*.parquet", "parquet")
-        got, listing = read_s3_items(spec, client, page_size=1)
+        got, listing = read_items(spec, client, page_size=1)
         assert got.equals(items)
         assert [f["path"] for f in listing] == [
             f"s3://{source}/in/part-{i}.parquet" for i in range(3)
@@ -260,10 +261,10 @@ class TestS3Input:
         assert got.equals(items) and len(listing) == 3
 
     def test_single_object_and_folder(self, client, source, items) -> None:
-        one, listing = read_s3_items(InputSpec(f"s3://{source}/in/part-1.parquet", "parquet"))
+        one, listing = read_items(InputSpec(f"s3://{source}/in/part-1.parquet", "parquet"))
         assert one.equals(items[10:20]) and len(listing) == 1
         with pytest.raises(InputError, match="cannot read .*notes.txt as parquet"):
-            read_s3_items(InputSpec(f"s3://{source}/in/", "parquet"), client)
+            read_items(InputSpec(f"s3://{source}/in/", "parquet"), client)
 
     @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
     def test_text_formats(self, client, bucket, items, fmt) -> None:
@@ -275,11 +276,11 @@ class TestS3Input:
         # CSV ids are text unless id_type says otherwise (JSON keeps its numbers).
         id_type = "integer" if fmt == "csv" else None
         spec = InputSpec(f"s3://{bucket}/t/*.{fmt}", fmt, id_type=id_type)
-        got, _ = read_s3_items(spec, client)
+        got, _ = read_items(spec, client)
         assert got.equals(items)
 
     def test_s3_keys(self, client, source) -> None:
-        got, listing = read_s3_items(InputSpec(f"s3://{source}/in", "s3-keys"), client, 2)
+        got, listing = read_items(InputSpec(f"s3://{source}/in", "s3-keys"), client, page_size=2)
         keys = ["in/notes.txt", "in/part-0.parquet", "in/part-1.parquet", "in/part-2.parquet"]
         assert got.columns == ["id", "key", "size", "etag"]
         assert got["id"].to_list() == keys == got["key"].to_list()
@@ -288,11 +289,11 @@ class TestS3Input:
         assert listing[0]["objects"] == 4 and listing[0]["path"] == f"s3://{source}/in"
         assert len(listing[0]["keys_sha256"]) == 64
         # The prefix is a folder: input-other/ is not under s3://bucket/in.
-        again, _ = read_s3_items(InputSpec(f"s3://{source}/in/", "s3-keys"), client)
+        again, _ = read_items(InputSpec(f"s3://{source}/in/", "s3-keys"), client)
         assert again.equals(got)
 
     def test_s3_keys_with_a_glob(self, client, source) -> None:
-        got, _ = read_s3_items(InputSpec(f"s3://{source}/in*/*.parquet", "s3-keys"), client)
+        got, _ = read_items(InputSpec(f"s3://{source}/in*/*.parquet", "s3-keys"), client)
         assert got["key"].to_list() == [
             "in/part-0.parquet", "in/part-1.parquet", "in/part-2.parquet",
             "input-other/part-9.parquet",
@@ -300,7 +301,7 @@ class TestS3Input:
 
     def test_s3_keys_id_column_is_checked(self, client, source) -> None:
         with pytest.raises(InputError, match="id column 'name' not found"):
-            read_s3_items(InputSpec(f"s3://{source}/in", "s3-keys", id_column="name"), client)
+            read_items(InputSpec(f"s3://{source}/in", "s3-keys", id_column="name"), client)
 
     def test_s3_keys_needs_an_s3_uri(self, tmp_path) -> None:
         raw = {
@@ -322,11 +323,11 @@ class TestS3Input:
 
     def test_empty_prefix_for_s3_keys(self, client, bucket) -> None:
         with pytest.raises(InputError, match="matches no S3 object"):
-            read_s3_items(InputSpec(f"s3://{bucket}/empty", "s3-keys"), client)
+            read_items(InputSpec(f"s3://{bucket}/empty", "s3-keys"), client)
 
     def test_missing_bucket(self, client) -> None:
         with pytest.raises(s3.S3Error) as info:
-            read_s3_items(InputSpec("s3://no-such-bucket-here/in/*.parquet", "parquet"), client)
+            read_items(InputSpec("s3://no-such-bucket-here/in/*.parquet", "parquet"), client)
         line = _one_line(info.value)
         assert "'no-such-bucket-here'" in line and "input.uri" in line
 
@@ -356,17 +357,17 @@ class TestManifestInS3:
         }
         put("manifest.json", json.dumps(manifest).encode())
         manifest_uri = f"s3://{bucket}/run/manifest.json"
-        assert verify_manifest_at(manifest_uri, client) == []
+        assert verify_manifest(manifest_uri, S3Location(client)) == []
 
         s3.put_bytes(client, result[0], b"changed")
         client.delete_object(Bucket=bucket, Key="run/d.parquet")
-        problems = verify_manifest_at(manifest_uri)
+        problems = verify_manifest(manifest_uri)
         assert problems[0].startswith(f"checksum mismatch: {result[0]} (batch 00000 result)")
         assert problems[1:] == [f"missing: {dead[0]} (batch 00000 dead letters)"]
 
     def test_missing_manifest(self, client, bucket) -> None:
         with pytest.raises(MissingOutput, match="no manifest at s3://.*the run has not finished"):
-            verify_manifest_at(f"s3://{bucket}/run/manifest.json", client)
+            verify_manifest(f"s3://{bucket}/run/manifest.json", S3Location(client))
 
 
 class TestRemoteLayout:

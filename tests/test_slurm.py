@@ -17,10 +17,10 @@ import polars as pl
 import pytest
 from conftest import ORCHESTRATOR, REPO, SNAKEMAKE, run_snakemake, set_storage_env, write_config
 
-from orchestrator_ext import s3
+from orchestrator_ext import s3, task
 from orchestrator_ext.config import load_config
 from orchestrator_ext.example_data import make_records
-from orchestrator_ext.layout import TASK_MANIFEST, RunLayout
+from orchestrator_ext.layout import RunLayout
 from orchestrator_ext.state.dynamodb import DynamoStateStore, create_table, make_client
 
 pytestmark = pytest.mark.workflow
@@ -119,9 +119,9 @@ class TestSlurmRun:
         assert len([t for t in tasks.values() if t.kind == "batch"]) == 4
         assert {str(t.status) for t in tasks.values()} == {"SUCCEEDED"}
         # Every task records the Slurm job it ran in, but the manifest: a local rule.
-        job_ids = [t.slurm_job_id for t in tasks.values() if t.task_id != TASK_MANIFEST]
+        job_ids = [t.slurm_job_id for t in tasks.values() if t.task_id != task.MANIFEST]
         assert all(job_ids) and len(job_ids) == len(tasks) - 1
-        assert tasks[TASK_MANIFEST].slurm_job_id is None
+        assert tasks[task.MANIFEST].slurm_job_id is None
         assert set(_sacct_states(job_ids).values()) == {"COMPLETED"}
         verify = subprocess.run(
             [ORCHESTRATOR, "manifest", "verify", "--configfile", str(configfile)],

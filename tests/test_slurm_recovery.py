@@ -1,6 +1,6 @@
 """Recovery on the real local Slurm cluster: a batch that runs out of memory is resubmitted
 by Snakemake with escalated memory, and a batch cancelled with ``scancel`` while it runs is
-resubmitted and resumed from its checkpointed chunks. Both runs end with a final result
+resubmitted and resumed from its persisted chunks. Both runs end with a final result
 byte-identical (sha256) to an undisturbed local run, with every item accounted for.
 
 The runs keep their files in tmp_path and their state in SQLite (single node, shared
@@ -28,9 +28,9 @@ from test_slurm import TEST_PROFILE, run_on_slurm, slurm_cluster  # noqa: F401 -
 
 from orchestrator_ext.executor import normalize_slurm_states, slurm_state
 from orchestrator_ext.layout import RunLayout
-from orchestrator_ext.manifest import verify_manifest
 from orchestrator_ext.state.sqlite import SqliteStateStore
 from orchestrator_ext.storage import read_json, sha256_file
+from orchestrator_ext.verify import verify_manifest
 
 pytestmark = pytest.mark.workflow
 on_slurm = pytest.mark.usefixtures("slurm_cluster")
@@ -209,9 +209,9 @@ class TestScancel:
     ) -> None:
         _items().write_parquet(tmp_path / "items.parquet")
         # 100 items at 0.15 s: a batch runs for about 15 s; chunks every 20 items.
-        config = _config(tmp_path, "cancel", sleep_s=0.15, checkpoint={"every_items": 20})
+        config = _config(tmp_path, "cancel", sleep_s=0.15, chunks={"every_items": 20})
         configfile = write_config(tmp_path / "cancel.yaml", config)
-        index = Path(_layout(config).run_dir, "checkpoints", "batch-00001", "index.json")
+        index = Path(_layout(config).run_dir, "chunks", "batch-00001", "index.json")
 
         log = tmp_path / "snakemake.log"
         started = time.monotonic()
@@ -257,7 +257,7 @@ class TestScancel:
 
         record = read_json(_layout(config).result_record(1))
         assert record["attempts"] == 2
-        by_attempt = record["checkpoint"]["items_by_attempt"]
+        by_attempt = record["chunks"]["items_by_attempt"]
         assert sum(by_attempt.values()) == BATCH_SIZE and 0 < by_attempt["1"] < BATCH_SIZE
         store = _store(config)
         transitions = store.transitions("batch-00001")

@@ -12,6 +12,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +22,40 @@ import pytest
 
 from orchestrator_ext.config import load_config
 from orchestrator_ext.errors import StateConflict, StateStoreError
-from orchestrator_ext.state import StateStore, TaskStatus, Transition, open_state_store
+from orchestrator_ext.state import (
+    RowUpdate,
+    StateStore,
+    TaskRecord,
+    TaskStatus,
+    Transition,
+    open_state_store,
+)
 from orchestrator_ext.state.dynamodb import (
-    BATCH_WRITE_LIMIT,
-    DynamoSettings,
     DynamoStateStore,
-    build_batch_write_requests,
-    build_create_table_request,
-    build_new_task_items,
-    build_update,
     build_update_transaction,
-    check_table,
-    create_table,
-    display_endpoint,
-    from_item,
-    make_client,
-    merge_transitions,
     send_batch_write,
+)
+from orchestrator_ext.state.dynamodb_client import DynamoSettings, make_client
+from orchestrator_ext.state.dynamodb_items import (
+    build_new_task_items,
+    build_task_item,
+    from_item,
+    merge_transitions,
+    parse_task_item,
     to_attribute,
+    to_item,
     transition_sort_key,
     validate_task_id,
+)
+from orchestrator_ext.state.dynamodb_requests import (
+    BATCH_WRITE_LIMIT,
+    build_batch_write_requests,
+    build_update,
+)
+from orchestrator_ext.state.dynamodb_table import (
+    build_create_table_request,
+    check_table,
+    create_table,
 )
 from orchestrator_ext.state.sqlite import SqliteStateStore
 
@@ -600,6 +615,47 @@ class TestRecordProgress:
         assert row is not None and row.items_done == 80 and row.status == TaskStatus.RUNNING
         assert len(store.transitions()) == n
 
+    def test_a_detail_is_logged_in_the_same_write(self, store: StateStore) -> None:
+        store.ensure_tasks(IDS)
+        lease = store.begin_attempt("batch-00001", host="n1", slurm_job_id="7")
+        store.record_progress(lease, 40, detail="resumed at item 40 of 100")
+        row = store.get("batch-00001")
+        assert row is not None and (row.items_done, row.version) == (40, 2)
+        last = store.transitions("batch-00001")[-1]
+        assert (last.from_status, last.to_status, last.attempt) == ("RUNNING", "RUNNING", 1)
+        assert (last.host, last.slurm_job_id, last.detail) == (
+            "n1",
+            "7",
+            "resumed at item 40 of 100",
+        )
+
+    def test_only_the_holder_records(self, store: StateStore) -> None:
+        store.ensure_tasks(IDS)
+        stale = store.begin_attempt("batch-00001")
+        store.begin_attempt("batch-00001")
+        n = len(store.transitions())
+        with pytest.raises(StateConflict, match="cannot record its resume"):
+            store.record_progress(stale, 40, detail="resumed")
+        with pytest.raises(StateConflict, match="cannot record progress"):
+            store.record_progress(stale, 40)
+        row = store.get("batch-00001")
+        assert row is not None and row.items_done == 0
+        assert len(store.transitions()) == n
+
+
+class TestLargeNumbers:
+    def test_counts_round_trip_exactly(self, store: StateStore) -> None:
+        # past 2**53 a float would round; past 2**63 neither SQLite nor int64 would hold it
+        big = 2**63 - 1
+        store.ensure_tasks(IDS, items={"batch-00000": big, "batch-00001": 2**53 + 1})
+        lease = store.begin_attempt("batch-00000")
+        store.succeed(lease, "s", items_done=big - 1, items_dead=1)
+        row = store.get("batch-00000")
+        assert row is not None and (row.items, row.items_done, row.items_dead) == (big, big - 1, 1)
+        assert type(row.items) is int and type(row.version) is int
+        other = {r.task_id: r for r in store.tasks()}["batch-00001"]
+        assert other.items == 2**53 + 1 and type(other.items) is int
+
 
 class TestCounts:
     def test_every_status_counted(self, store: StateStore) -> None:
@@ -610,7 +666,6 @@ class TestCounts:
         store.begin_attempt("batch-00002")
         assert store.counts() == {
             "PENDING": 1,
-            "SUBMITTED": 0,
             "RUNNING": 1,
             "SUCCEEDED": 1,
             "FAILED": 0,
@@ -708,7 +763,7 @@ class TestConcurrency:
 
         def write(host: str) -> None:
             store = race_open_store(closed_by_caller=True)
-            transition = Transition("batch-00001", "PENDING", "SUBMITTED", 0, "t", host)
+            transition = Transition("batch-00001", "PENDING", "RUNNING", 0, "t", host)
             try:
                 start.wait()
                 store._update("batch-00001", 0, {"host": host}, transition)
@@ -803,12 +858,8 @@ class TestBatchWriteChunks:
 
 class TestRequestBuilders:
     def test_a_fact_sorts_outside_the_tasks_and_the_log(self) -> None:
-        from orchestrator_ext.state.dynamodb import (
-            TASKS_END,
-            TRANSITION_PREFIX,
-            build_fact_claim,
-            build_fact_forget,
-        )
+        from orchestrator_ext.state.dynamodb_items import TASKS_END, TRANSITION_PREFIX
+        from orchestrator_ext.state.dynamodb_requests import build_fact_claim, build_fact_forget
 
         claim = build_fact_claim("t", "r", "output_schema", "[]", "now")
         key = claim["Item"]["task_id"]["S"]
@@ -834,7 +885,9 @@ class TestRequestBuilders:
 
     def test_transition_rides_in_the_same_transaction(self) -> None:
         transition = Transition("batch-00001", "RUNNING", "SUCCEEDED", 2, "t1", "h")
-        request = build_update_transaction("t", "r", "batch-00001", 5, {"a": 1}, transition)
+        request = build_update_transaction(
+            "t", "r", RowUpdate("batch-00001", 5, {"a": 1}, transition)
+        )
         update, put = request["TransactItems"]
         assert "Update" in update
         item = put["Put"]["Item"]
@@ -842,7 +895,7 @@ class TestRequestBuilders:
         assert item["of_task"] == {"S": "batch-00001"} and item["attempt"] == {"N": "2"}
         assert "from_status" in item and "detail" not in item
         assert put["Put"]["ConditionExpression"] == "attribute_not_exists(#pk)"
-        alone = build_update_transaction("t", "r", "batch-00001", 5, {"a": 1}, None)
+        alone = build_update_transaction("t", "r", RowUpdate("batch-00001", 5, {"a": 1}))
         assert len(alone["TransactItems"]) == 1
 
     def test_values_are_typed(self) -> None:
@@ -882,13 +935,37 @@ class TestRequestBuilders:
             {"AttributeName": "task_id", "KeyType": "RANGE"},
         ]
 
-    def test_endpoint_display_drops_user_info(self) -> None:
-        assert display_endpoint("http://key:secret@127.0.0.1:5555/") == "http://127.0.0.1:5555/"
-        assert display_endpoint(None) == "(default)"
-
     def test_settings_are_validated(self) -> None:
         with pytest.raises(ValueError, match="retry_mode"):
             DynamoSettings(retry_mode="legacy")
+
+
+class TestItemConversion:
+    """boto3's serializers underneath: exact integers, None as an absent attribute."""
+
+    def test_integers_of_up_to_38_digits_round_trip_exactly(self) -> None:
+        for value in (0, -5, 2**53 + 1, 2**64 + 1, 10**37 + 1, -(10**38 - 1)):
+            item = to_item({"n": value})
+            assert item == {"n": {"N": str(value)}}
+            back = from_item(item)["n"]
+            assert back == value and type(back) is int
+
+    def test_more_digits_than_dynamodb_holds_are_refused(self) -> None:
+        with pytest.raises(ValueError, match="38 digits"):
+            to_attribute(10**40 + 1)
+
+    def test_none_is_left_out_and_missing_or_null_reads_as_none(self) -> None:
+        record = TaskRecord(task_id="batch-00003", status=TaskStatus.PENDING, kind="batch")
+        item = build_task_item("r", record)
+        assert "host" not in item and "items" not in item and "error_message" not in item
+        assert item["attempt"] == {"N": "0"} and item["run_id"] == {"S": "r"}
+        assert parse_task_item(item) == record
+        item["host"] = {"NULL": True}  # written by another tool: same as absent
+        assert parse_task_item(item) == record
+
+    def test_a_fraction_stays_an_exact_decimal(self) -> None:
+        # this package never stores one; reading one must not round it through a float
+        assert from_item({"x": {"N": "0.1"}}) == {"x": Decimal("0.1")}
 
 
 class _ThrottlingClient:

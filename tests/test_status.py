@@ -18,7 +18,7 @@ from orchestrator_ext.config import ResourceSpec, load_config
 from orchestrator_ext.layout import RunLayout
 from orchestrator_ext.state import TaskRecord, TaskStatus
 from orchestrator_ext.state.sqlite import SqliteStateStore
-from orchestrator_ext.status import build_status, format_duration, render_status
+from orchestrator_ext.status import build_status, format_duration, is_finished, render_status
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -284,3 +284,14 @@ class TestFinishedRun:
         status = build_status("r", store.tasks(), now=start + timedelta(seconds=100))
         assert not status.finished and status.elapsed_s == pytest.approx(100.0)
         assert status.items_per_second == pytest.approx(20 / 100, abs=1e-3)
+
+
+class TestIsFinished:
+    def test_only_a_succeeded_manifest_finishes_a_run(self) -> None:
+        batch = TaskRecord("batch-00000", TaskStatus.SUCCEEDED, 1, kind="batch")
+        assert not is_finished([batch])
+        for status in (TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.FAILED):
+            assert not is_finished([batch, TaskRecord("manifest", status, 1, kind="manifest")])
+        assert is_finished(
+            [batch, TaskRecord("manifest", TaskStatus.SUCCEEDED, 1, kind="manifest")]
+        )

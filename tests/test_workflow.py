@@ -15,8 +15,8 @@ from orchestrator_ext.example_data import make_records
 from orchestrator_ext.job import JobContext
 from orchestrator_ext.jobs import grouped_stats
 from orchestrator_ext.layout import RunLayout
-from orchestrator_ext.manifest import verify_manifest
 from orchestrator_ext.state.sqlite import SqliteStateStore
+from orchestrator_ext.verify import verify_manifest
 
 pytestmark = pytest.mark.workflow
 

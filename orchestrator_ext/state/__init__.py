@@ -13,22 +13,46 @@ an audit log of transitions, which is never updated in place.
 Besides the tasks, a run has *facts*: named values recorded once (``claim_fact``: the first
 writer wins, later ones read its value), e.g. the run's output schema. A re-partition
 forgets them (``start_plan``).
+
+The records themselves (row, transition, lease, write) are in ``state.records``, re-exported
+here; a task's kind comes from ``orchestrator_ext.task``.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
-import enum
 import os
-import socket
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+from orchestrator_ext import task
+from orchestrator_ext.state.records import (
+    Attempt,
+    RowUpdate,
+    TaskRecord,
+    TaskStatus,
+    Transition,
+    current_host,
+    now_iso,
+)
 
 if TYPE_CHECKING:
     from orchestrator_ext.config import RunConfig
+
+__all__ = [
+    "FACT_OUTPUT_SCHEMA",
+    "PLAN_FACTS",
+    "Attempt",
+    "RowUpdate",
+    "StateStore",
+    "TaskRecord",
+    "TaskStatus",
+    "Transition",
+    "current_host",
+    "now_iso",
+    "open_state_store",
+]
 
 
 #: Fact holding the run's output schema (canonical JSON of [name, dtype] pairs), recorded
@@ -36,100 +60,6 @@ if TYPE_CHECKING:
 FACT_OUTPUT_SCHEMA = "output_schema"
 #: Facts of one plan: ``start_plan`` forgets them (the new plan may run another job).
 PLAN_FACTS = (FACT_OUTPUT_SCHEMA,)
-
-
-class TaskStatus(enum.StrEnum):
-    """Life cycle of a task. FAILED may be retried; DEAD will not be. SUPERSEDED: a later
-    plan (a re-partition) no longer names the task; its row and history are kept, but
-    ``StateStore.tasks`` leaves it out."""
-
-    PENDING = "PENDING"
-    SUBMITTED = "SUBMITTED"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    DEAD = "DEAD"
-    SUPERSEDED = "SUPERSEDED"
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """The lease one attempt holds on a task; needed to commit or fail it."""
-
-    task_id: str
-    attempt: int
-
-
-@dataclass
-class TaskRecord:
-    """One task's current state, as stored."""
-
-    task_id: str
-    status: TaskStatus
-    attempt: int = 0
-    version: int = 0
-    kind: str = ""
-    host: str | None = None
-    slurm_job_id: str | None = None
-    started_at: str | None = None
-    finished_at: str | None = None
-    updated_at: str | None = None
-    items: int | None = None
-    items_done: int | None = None
-    items_dead: int | None = None
-    output_sha256: str | None = None
-    error_category: str | None = None
-    error_type: str | None = None
-    error_message: str | None = None
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> TaskRecord:
-        """Build from a backend's row, ignoring unknown keys and coercing the status."""
-        known = {k: record[k] for k in cls.__dataclass_fields__ if k in record}
-        known["status"] = TaskStatus(known["status"])
-        for key in ("attempt", "version", "items", "items_done", "items_dead"):
-            if known.get(key) is not None:
-                known[key] = int(known[key])
-        return cls(**known)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (status as its string) for JSON output."""
-        data = asdict(self)
-        data["status"] = str(self.status)
-        return data
-
-
-@dataclass
-class Transition:
-    """One entry of the append-only audit log."""
-
-    task_id: str
-    from_status: str | None
-    to_status: str
-    attempt: int
-    at: str
-    host: str | None = None
-    slurm_job_id: str | None = None
-    detail: str | None = None
-
-
-def now_iso() -> str:
-    """Current UTC time, ISO 8601 with microseconds."""
-    return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
-def task_kind(task_id: str) -> str:
-    """``batch``, ``merge``, or the task id itself for singletons."""
-    if task_id.startswith("batch-"):
-        return "batch"
-    if task_id.startswith("merge-"):
-        return "merge"
-    return task_id
-
-
-def current_host() -> str:
-    """Short host name of this process's machine."""
-    return socket.gethostname()
 
 
 class StateStore(abc.ABC):
@@ -158,7 +88,6 @@ class StateStore(abc.ABC):
     def transitions(self, task_id: str | None = None) -> list[Transition]:
         """The audit log, oldest first, optionally for one task."""
 
-    @abc.abstractmethod
     def _update(
         self,
         task_id: str,
@@ -166,16 +95,27 @@ class StateStore(abc.ABC):
         changes: dict[str, Any],
         transition: Transition | None,
     ) -> None:
-        """Write ``changes`` if the row still has ``expected_version``; bump the version and
-        append ``transition`` in the same atomic write.
+        """Write ``changes`` (and ``updated_at``) if the row still has ``expected_version``;
+        bump the version and append ``transition`` in the same atomic write.
 
         Raises:
             StateConflict: the version moved (someone else wrote first).
         """
+        changes = {**changes, "updated_at": now_iso()}
+        self._write(RowUpdate(task_id, expected_version, changes, transition))
+
+    @abc.abstractmethod
+    def _write(self, update: RowUpdate) -> None:
+        """Send one conditional write (see ``RowUpdate``) as it is.
+
+        Raises:
+            StateConflict: the row is missing or its version moved.
+        """
 
     @abc.abstractmethod
     def _insert_if_absent(self, record: TaskRecord, transition: Transition) -> bool:
-        """Insert a row unless one exists; return True if it was inserted."""
+        """Insert a row (as it is, ``updated_at`` included) unless one exists; return True
+        if it was inserted."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
@@ -212,10 +152,12 @@ class StateStore(abc.ABC):
         for _ in range(20):
             record = self.get(task_id)
             if record is None:
+                at = now_iso()
                 fresh = TaskRecord(
-                    task_id=task_id, status=TaskStatus.PENDING, kind=task_kind(task_id)
-                )
-                self._insert_if_absent(fresh, Transition(task_id, None, "PENDING", 0, now_iso()))
+                    task_id=task_id, status=TaskStatus.PENDING, kind=task.kind(task_id),
+                    updated_at=at,
+                )  # fmt: skip
+                self._insert_if_absent(fresh, Transition(task_id, None, "PENDING", 0, at))
                 continue
             attempt = record.attempt + 1
             at = now_iso()
@@ -278,10 +220,23 @@ class StateStore(abc.ABC):
             )
         return record
 
-    def record_progress(self, lease: Attempt, items_done: int) -> None:
-        """Record how many items the holding attempt has finished (sub-batch checkpoints)."""
-        record = self._held(lease, "record progress")
-        self._update(lease.task_id, record.version, {"items_done": items_done}, None)
+    def record_progress(self, attempt: Attempt, items_done: int, detail: str | None = None) -> None:
+        """Record how many items the holding attempt has finished (sub-batch chunks).
+
+        With ``detail``, the same write also appends a RUNNING -> RUNNING transition saying
+        it (e.g. where a resumed attempt picked up); without, the audit log is left as it is.
+
+        Raises:
+            StateConflict: another attempt holds the task.
+        """
+        record = self._held(attempt, "record progress" if detail is None else "record its resume")
+        transition = None
+        if detail is not None:
+            transition = Transition(
+                attempt.task_id, "RUNNING", "RUNNING", attempt.attempt, now_iso(),
+                record.host, record.slurm_job_id, detail,
+            )  # fmt: skip
+        self._update(attempt.task_id, record.version, {"items_done": items_done}, transition)
 
     def succeed(
         self,
@@ -324,7 +279,6 @@ class StateStore(abc.ABC):
         error_type: str,
         message: str,
         retryable: bool,
-        items_done: int | None = None,
     ) -> None:
         """Record a failed attempt: FAILED if it may be retried, DEAD if not.
 
@@ -332,27 +286,28 @@ class StateStore(abc.ABC):
             StateConflict: another attempt holds the task.
         """
         record = self._held(lease, "record its failure")
-        at = now_iso()
         status = TaskStatus.FAILED if retryable else TaskStatus.DEAD
+        self._record_failure(record, status, category, error_type, message)
+
+    def _record_failure(
+        self, record: TaskRecord, status: TaskStatus, category: str, error_type: str, message: str
+    ) -> None:
+        """End the running attempt ``record`` shows as ``status`` (FAILED or DEAD), with the
+        error, in one conditional write; the transition's detail is ``"<category>: <message>"``.
+        """
+        at = now_iso()
         changes = {
             "status": str(status),
             "finished_at": at,
             "error_category": category,
             "error_type": error_type,
             "error_message": message[:2000],
-            "items_done": items_done if items_done is not None else record.items_done,
         }
         transition = Transition(
-            lease.task_id,
-            "RUNNING",
-            str(status),
-            lease.attempt,
-            at,
-            record.host,
-            record.slurm_job_id,
-            f"{category}: {message[:500]}",
-        )
-        self._update(lease.task_id, record.version, changes, transition)
+            record.task_id, "RUNNING", str(status), record.attempt, at, record.host,
+            record.slurm_job_id, f"{category}: {message[:500]}",
+        )  # fmt: skip
+        self._update(record.task_id, record.version, changes, transition)
 
     def record_lost_attempt(
         self,
@@ -383,20 +338,8 @@ class StateStore(abc.ABC):
                 return False
             if record.status != TaskStatus.RUNNING:
                 return False
-            at = now_iso()
-            changes = {
-                "status": str(status),
-                "finished_at": at,
-                "error_category": category,
-                "error_type": error_type,
-                "error_message": reason[:2000],
-            }
-            transition = Transition(
-                task_id, "RUNNING", str(status), attempt, at, record.host, record.slurm_job_id,
-                f"{category}: {reason[:500]}",
-            )  # fmt: skip
             try:
-                self._update(task_id, record.version, changes, transition)
+                self._record_failure(record, status, category, error_type, reason)
             except StateConflict:
                 continue
             return True
@@ -468,19 +411,13 @@ class StateStore(abc.ABC):
         return counts
 
 
-def open_state_store(config: RunConfig, local_run_dir: str | None = None) -> StateStore:
-    """Open the run's state store as configured.
-
-    Args:
-        config: the run config (``state.backend`` picks the backend).
-        local_run_dir: folder holding ``state.sqlite`` for the sqlite backend; defaults to
-            the run folder from the config.
-    """
+def open_state_store(config: RunConfig) -> StateStore:
+    """Open the run's state store as ``state.backend`` says: ``state.sqlite`` in the run
+    folder, or the DynamoDB table ``state.table``."""
     if config.state.backend == "sqlite":
         from orchestrator_ext.state.sqlite import SqliteStateStore
 
-        run_dir = local_run_dir or config.run_dir
-        return SqliteStateStore(f"{run_dir}/state.sqlite", config.run_id)
+        return SqliteStateStore(f"{config.run_dir}/state.sqlite", config.run_id)
     from orchestrator_ext.state.dynamodb import DynamoStateStore
 
     return DynamoStateStore.from_config(config)

@@ -11,8 +11,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from orchestrator_ext import task
 from orchestrator_ext.errors import StateConflict, StateStoreError
-from orchestrator_ext.state import StateStore, TaskRecord, Transition
+from orchestrator_ext.state import StateStore
+from orchestrator_ext.state.records import RowUpdate, TaskRecord, TaskStatus, Transition, now_iso
 
 _COLUMNS = [
     "task_id", "kind", "status", "attempt", "version", "host", "slurm_job_id", "started_at",
@@ -89,8 +91,6 @@ class SqliteStateStore(StateStore):
         )  # fmt: skip
 
     def ensure_tasks(self, task_ids: list[str], items: dict[str, int] | None = None) -> None:
-        from orchestrator_ext.state import TaskStatus, now_iso, task_kind
-
         items = items or {}
         at = now_iso()
         existing = {r["task_id"] for r in self._db.execute(
@@ -102,7 +102,7 @@ class SqliteStateStore(StateStore):
             self._db.executemany(
                 "INSERT OR IGNORE INTO tasks (run_id, task_id, kind, status, items, updated_at) "
                 "VALUES (?,?,?,?,?,?)",
-                [(self.run_id, t, task_kind(t), str(TaskStatus.PENDING), items.get(t), at)
+                [(self.run_id, t, task.kind(t), str(TaskStatus.PENDING), items.get(t), at)
                  for t in new],
             )  # fmt: skip
             self._db.executemany(
@@ -116,10 +116,7 @@ class SqliteStateStore(StateStore):
             raise
 
     def _insert_if_absent(self, record: TaskRecord, transition: Transition) -> bool:
-        from orchestrator_ext.state import now_iso
-
         row = record.to_dict()
-        row["updated_at"] = now_iso()
         self._db.execute("BEGIN IMMEDIATE")
         try:
             cursor = self._db.execute(
@@ -137,8 +134,6 @@ class SqliteStateStore(StateStore):
         return inserted
 
     def claim_fact(self, name: str, value: str) -> str:
-        from orchestrator_ext.state import now_iso
-
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.execute(
@@ -185,31 +180,22 @@ class SqliteStateStore(StateStore):
         fields = Transition.__dataclass_fields__
         return [Transition(**{k: r[k] for k in fields}) for r in rows]
 
-    def _update(
-        self,
-        task_id: str,
-        expected_version: int,
-        changes: dict[str, Any],
-        transition: Transition | None,
-    ) -> None:
-        from orchestrator_ext.state import now_iso
-
-        changes = {**changes, "updated_at": now_iso()}
-        assignments = ", ".join(f"{k} = ?" for k in changes)
+    def _write(self, update: RowUpdate) -> None:
+        assignments = ", ".join(f"{k} = ?" for k in update.changes)
         self._db.execute("BEGIN IMMEDIATE")
         try:
             cursor = self._db.execute(
                 f"UPDATE tasks SET {assignments}, version = version + 1 "
                 "WHERE run_id = ? AND task_id = ? AND version = ?",
-                (*changes.values(), self.run_id, task_id, expected_version),
+                (*update.changes.values(), self.run_id, update.task_id, update.expected_version),
             )
             if cursor.rowcount != 1:
                 raise StateConflict(
-                    f"task {task_id}: state changed underneath this writer (expected version "
-                    f"{expected_version}); re-read before writing"
+                    f"task {update.task_id}: state changed underneath this writer (expected "
+                    f"version {update.expected_version}); re-read before writing"
                 )
-            if transition is not None:
-                self._append(transition)
+            if update.transition is not None:
+                self._append(update.transition)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")

@@ -1,12 +1,12 @@
-"""Sub-batch checkpoints: a batch persists finished chunks so a retried attempt resumes.
+"""Sub-batch chunks: a batch persists finished chunks so a retried attempt resumes.
 
-With ``checkpoint.every_items`` and/or ``checkpoint.every_seconds`` set, ``process`` works
-through a batch chunk by chunk. After each chunk its output rows and dead letters are
-written (atomically) beside the run::
+With ``chunks.every_items`` and/or ``chunks.every_seconds`` set, ``process`` works through
+a batch chunk by chunk. After each chunk its output rows and dead letters are written
+(atomically) beside the run::
 
-    {run}/checkpoints/batch-NNNNN/chunk-NNNNN.parquet       the chunk's output rows
-    {run}/checkpoints/batch-NNNNN/chunk-NNNNN.dead.parquet  the chunk's dead letters
-    {run}/checkpoints/batch-NNNNN/index.json                 item range + sha256 per chunk
+    {run}/chunks/batch-NNNNN/chunk-NNNNN.parquet       the chunk's output rows
+    {run}/chunks/batch-NNNNN/chunk-NNNNN.dead.parquet  the chunk's dead letters
+    {run}/chunks/batch-NNNNN/index.json                 item range + sha256 per chunk
 
 and the attempt's progress goes to the state store (``record_progress``). A later attempt
 resumes after the last chunk that is intact: the index must belong to the same batch input
@@ -23,7 +23,7 @@ Chunk boundaries: item mode closes a chunk after ``every_items`` items or ``ever
 seconds, whichever comes first. Batch mode calls the job on slices of ``every_items`` items
 (``DEFAULT_BATCH_SLICE`` when only ``every_seconds`` is set) and persists after every slice,
 or, with only ``every_seconds``, once that much time has passed. A batch-mode job therefore
-sees slices instead of the whole batch when checkpoints are on.
+sees slices instead of the whole batch when chunks are on.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from orchestrator_ext.errors import CorruptFile, MissingOutput
-from orchestrator_ext.layout import batch_name
 from orchestrator_ext.storage import atomic_path, read_json, write_json
+from orchestrator_ext.task import batch_name
 
 if TYPE_CHECKING:
-    from orchestrator_ext.config import CheckpointSpec, RunConfig
+    from orchestrator_ext.config import ChunksSpec, RunConfig
     from orchestrator_ext.state import Attempt, StateStore
 
 logger = logging.getLogger(__name__)
@@ -55,29 +55,29 @@ CHUNK_DIGITS = 5
 DEFAULT_BATCH_SLICE = 1000
 
 
-def enabled(spec: CheckpointSpec) -> bool:
-    """True when sub-batch checkpoints are configured."""
+def enabled(spec: ChunksSpec) -> bool:
+    """True when sub-batch chunks are configured."""
     return spec.every_items is not None or spec.every_seconds is not None
 
 
-def batch_slice_size(spec: CheckpointSpec) -> int:
-    """Items per job call in batch mode with checkpoints on."""
+def batch_slice_size(spec: ChunksSpec) -> int:
+    """Items per job call in batch mode with chunks on."""
     return spec.every_items or DEFAULT_BATCH_SLICE
 
 
-def checkpoint_dir(result_file: str | Path, batch: int | str) -> Path:
-    """``{run}/checkpoints/batch-NNNNN``, derived from the batch's result file location."""
-    return Path(result_file).parent.parent / "checkpoints" / batch_name(int(batch))
+def chunks_dir(result_file: str | Path, batch: int | str) -> Path:
+    """``{run}/chunks/batch-NNNNN``, derived from the batch's result file location."""
+    return Path(result_file).parent.parent / "chunks" / batch_name(int(batch))
 
 
-def checkpoint_key(config: RunConfig, batch_sha256: str) -> str:
+def chunks_key(config: RunConfig, batch_sha256: str) -> str:
     """What chunks depend on: the batch's items, the job, the id column, the chunking and
     the injected faults. Chunks recorded under another key are never resumed."""
     basis = {
         "batch_sha256": batch_sha256,
         "job": config.raw.get("job"),
         "id_column": config.input.id_column,
-        "checkpoint": config.raw.get("checkpoint"),
+        "chunks": config.raw.get("chunks"),
         "faults": config.raw.get("faults"),
     }
     text = json.dumps(basis, sort_keys=True, separators=(",", ":"), default=str)
@@ -116,8 +116,8 @@ class ChunkStore:
     """The persisted chunks of one batch.
 
     Args:
-        folder: ``checkpoints/batch-NNNNN`` of the run.
-        key: ``checkpoint_key`` of this batch and config.
+        folder: ``chunks/batch-NNNNN`` of the run (``chunks_dir``).
+        key: ``chunks_key`` of this batch and config.
         batch: the batch id, recorded in the index.
     """
 
@@ -129,12 +129,15 @@ class ChunkStore:
 
     @property
     def index_file(self) -> Path:
+        """The folder's ``index.json``: which chunks count, with their sha256."""
         return self.folder / "index.json"
 
     def result_path(self, index: int) -> Path:
+        """Where chunk ``index``'s output rows are kept."""
         return self.folder / f"chunk-{index:0{CHUNK_DIGITS}d}.parquet"
 
     def dead_path(self, index: int) -> Path:
+        """Where chunk ``index``'s dead letters are kept."""
         return self.folder / f"chunk-{index:0{CHUNK_DIGITS}d}.dead.parquet"
 
     @property
@@ -165,14 +168,12 @@ class ChunkStore:
                 self.clear()  # chunk files without an index: nothing can be trusted
             return []
         except (OSError, CorruptFile) as exc:
-            logger.warning(
-                "checkpoint index %s unreadable (%s): starting over", self.index_file, exc
-            )
+            logger.warning("chunk index %s unreadable (%s): starting over", self.index_file, exc)
             self.clear()
             return []
         if index.get("key") != self.key or index.get("version") != INDEX_VERSION:
             logger.info(
-                "checkpoints in %s belong to another input or config: starting over", self.folder
+                "chunks in %s belong to another input or config: starting over", self.folder
             )
             self.clear()
             return []
@@ -196,22 +197,20 @@ class ChunkStore:
             or chunk.start != self.items_done
             or chunk.end <= chunk.start
         ):
-            logger.warning("checkpoint chunk %s does not continue the prefix: redoing it", entry)
+            logger.warning("chunk %s does not continue the prefix: redoing it", entry)
             return None
         try:
             chunk.result_bytes = self.result_path(chunk.index).read_bytes()
             chunk.dead_bytes = self.dead_path(chunk.index).read_bytes()
         except FileNotFoundError:
-            logger.warning(
-                "checkpoint chunk %d of batch %s is missing: redoing it", chunk.index, self.batch
-            )
+            logger.warning("chunk %d of batch %s is missing: redoing it", chunk.index, self.batch)
             return None
         if (
             hashlib.sha256(chunk.result_bytes).hexdigest() != chunk.sha256
             or hashlib.sha256(chunk.dead_bytes).hexdigest() != chunk.dead_sha256
         ):
             logger.warning(
-                "checkpoint chunk %d of batch %s does not match its recorded sha256: redoing it",
+                "chunk %d of batch %s does not match its recorded sha256: redoing it",
                 chunk.index, self.batch,
             )  # fmt: skip
             return None
@@ -234,6 +233,9 @@ class ChunkStore:
 
         The data files are renamed into place before the index names them, so the index
         never points at a partial file.
+
+        Raises:
+            ValueError: ``start`` is not where the chunks held end.
         """
         if start != self.items_done:
             raise ValueError(f"chunk starts at item {start}, expected {self.items_done}")
@@ -275,40 +277,38 @@ class ChunkStore:
 
     # -- assemble ------------------------------------------------------------------------
 
-    def combined(self) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
-        """The batch's output rows (chunks concatenated in item order) and dead letters,
-        both read from the chunks' Parquet bytes."""
-        results = [pl.read_parquet(io.BytesIO(c.result_bytes)) for c in self.chunks]
-        deads = [pl.read_parquet(io.BytesIO(c.dead_bytes)) for c in self.chunks]
-        result = pl.concat(results, how="diagonal_relaxed").rechunk() if results else pl.DataFrame()
-        dead_rows = [row for frame in deads for row in frame.to_dicts()]
-        return result, dead_rows
+    def results(self) -> list[pl.DataFrame]:
+        """The output rows of the chunks held, in item order, read from their Parquet bytes
+        (to be concatenated without casting: the chunks' types may differ)."""
+        return [pl.read_parquet(io.BytesIO(c.result_bytes)) for c in self.chunks]
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """The dead letters of the chunks held, in item order, read from their Parquet bytes."""
+        return [
+            row
+            for chunk in self.chunks
+            if chunk.dead
+            for row in pl.read_parquet(io.BytesIO(chunk.dead_bytes)).to_dicts()
+        ]
 
     def clear(self) -> None:
-        """Remove the batch's checkpoint folder (after the batch committed)."""
+        """Remove the batch's chunk folder (after the batch committed)."""
         shutil.rmtree(self.folder, ignore_errors=True)
         self.chunks = []
 
 
-def note_resume(store: StateStore, lease: Attempt, chunks: ChunkStore, n_items: int) -> None:
-    """Record in the state store that ``lease`` resumed from persisted chunks.
+def note_resume(store: StateStore, attempt: Attempt, chunks: ChunkStore, n_items: int) -> None:
+    """Record in the state store that ``attempt`` resumed from persisted chunks.
 
     Sets the attempt's ``items_done`` and appends a RUNNING -> RUNNING transition whose
     detail says where it resumed and how many items each earlier attempt contributed, in
-    one conditional write (a lost lease raises ``StateConflict``).
+    one conditional write (an attempt that lost the task raises ``StateConflict``).
     """
-    from orchestrator_ext.state import Transition, now_iso
-
     done = chunks.items_done
     by_attempt = ", ".join(f"attempt {a}: {n}" for a, n in chunks.items_by_attempt().items())
     detail = (
-        f"resumed at item {done} of {n_items} from {len(chunks.chunks)} checkpointed "
+        f"resumed at item {done} of {n_items} from {len(chunks.chunks)} persisted "
         f"chunk(s) ({by_attempt})"
     )
-    record = store._held(lease, "record its resume")  # noqa: SLF001 - same conditional write
-    transition = Transition(
-        lease.task_id, "RUNNING", "RUNNING", lease.attempt, now_iso(),
-        record.host, record.slurm_job_id, detail,
-    )  # fmt: skip
-    store._update(lease.task_id, record.version, {"items_done": done}, transition)  # noqa: SLF001
+    store.record_progress(attempt, done, detail=detail)
     logger.info("batch %s: %s", chunks.batch, detail)

@@ -1,0 +1,107 @@
+"""Dead letters: the items of a batch that failed for good, one row each, and the batch's
+tolerance for them.
+
+A dead letter holds the item's id (in the input's id type), the error's category, type and
+message, and the attempt. A batch whose dead-lettered fraction exceeds
+``tolerance.max_dead_letter_fraction`` fails permanently (``check_tolerance``). The dead
+letters are published only when there are some (most batches have none), and not as a
+Snakemake output: the batch job writes them itself, to the run folder or to S3, and the
+batch record names them (``"dead_letter": null`` when none). In S3 that saves three requests
+per batch (an upload and two existence checks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import polars as pl
+
+from orchestrator_ext.errors import BatchFailed, classify, describe
+from orchestrator_ext.location import is_remote, location_of
+from orchestrator_ext.output_schema import with_input_dtypes
+
+
+def dead_letter(item_id: Any, exc: BaseException, attempt: int) -> dict[str, Any]:
+    """The dead letter of item ``item_id``, which failed with ``exc`` in ``attempt``."""
+    # A transient error that outlived its retries is dead-lettered as such: a redrive may fix it.
+    return {
+        "id": item_id,
+        "category": str(classify(exc)),
+        "error_type": type(exc).__name__,
+        "message": describe(exc)[:1000],
+        "attempt": attempt,
+    }
+
+
+def check_tolerance(
+    batch: str, n_items: int, dead: list[dict[str, Any]], max_fraction: float
+) -> None:
+    """Fail the batch when its dead-lettered fraction exceeds the tolerance.
+
+    Raises:
+        BatchFailed: naming the counts, the tolerance and the first failure.
+    """
+    if not n_items or len(dead) / n_items <= max_fraction:
+        return
+    first = dead[0]
+    raise BatchFailed(
+        f"batch {batch}: {len(dead)} of {n_items} items failed "
+        f"({len(dead) / n_items:.1%} > tolerance {max_fraction:.1%}); "
+        f"first: id {first['id']}: {first['message']}"
+    )
+
+
+def count_by_category(dead: list[dict[str, Any]]) -> dict[str, int]:
+    """How many dead letters each error category has, by category name."""
+    counts: dict[str, int] = {}
+    for row in dead:
+        counts[row["category"]] = counts.get(row["category"], 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def dead_letter_frame(dead: list[dict[str, Any]], id_dtype: pl.DataType) -> pl.DataFrame:
+    """The dead-letter table: id (the input's id type), category, error type, message, attempt.
+
+    The ids get the input's dtype exactly as the item-mode result's ids do, so the two agree;
+    an id that does not fit it raises (``ValueError``, ``TypeError``), never coerced.
+    """
+    schema: dict[str, Any] = {
+        "id": id_dtype,
+        "category": pl.String,
+        "error_type": pl.String,
+        "message": pl.String,
+        "attempt": pl.Int64,
+    }
+    if not dead:
+        return pl.DataFrame(schema=schema)
+    # schema= would coerce the ids (5 into a String column becomes "5"): infer, then cast exactly.
+    rest = {name: dtype for name, dtype in schema.items() if name != "id"}
+    frame = pl.DataFrame(dead, schema_overrides=rest, infer_schema_length=None).select(list(schema))
+    return with_input_dtypes(frame, {"id": id_dtype}, "id", "dead-letter")
+
+
+@contextlib.contextmanager
+def publish_dead_letters(dead: pl.DataFrame, uri: str) -> Iterator[dict[str, Any] | None]:
+    """Write a batch's dead letters, to be published at ``uri`` when the block succeeds.
+
+    Yields their record entry (uri, sha256, bytes), or None when there are none: then
+    nothing is written, and a local file an earlier attempt left at ``uri`` is removed, so
+    the folder agrees with the record. An ``s3://`` URI is uploaded by this process (with
+    server-side encryption) once the block is through; there the record, not the prefix,
+    says which object counts.
+    """
+    files = location_of(uri)
+    if dead.is_empty():
+        yield None
+        if not is_remote(uri):
+            files.remove(uri)
+        return
+    buffer = io.BytesIO()
+    dead.write_parquet(buffer, compression="zstd", statistics=True)
+    data = buffer.getvalue()
+    yield {"uri": uri, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    files.write_bytes(uri, data)

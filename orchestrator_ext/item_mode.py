@@ -1,0 +1,136 @@
+"""Item mode (``job.mode: item``): the job is called once per item and returns its rows.
+
+A permanent failure dead-letters the item and the batch goes on; a transient one is retried
+in place (``retry``) and dead-lettered if it outlives its retries; a resource error
+(MemoryError) aborts the batch, so that it is resubmitted with more memory. The rows are
+built into one frame whose input columns get the input's dtypes back, exactly
+(``output_schema.with_input_dtypes``), so every batch has one schema.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import polars as pl
+
+from orchestrator_ext.dead_letter import dead_letter
+from orchestrator_ext.errors import Category, SchemaMismatch, classify
+from orchestrator_ext.output_schema import with_input_dtypes
+from orchestrator_ext.retry import RetryingCall
+from orchestrator_ext.runner import BatchOutcome, JobCall, kind_of, short_repr
+
+
+def run_item_mode(
+    items: pl.DataFrame, call: JobCall, start: int = 0, deadline: float | None = None
+) -> BatchOutcome:
+    """Call the job per item; collect returned rows and dead-letter permanent failures.
+
+    Args:
+        items: the items (the batch, or a slice of it).
+        call: the job and how to call it.
+        start: position of ``items``' first row in the batch (for ``call.faults``).
+        deadline: ``time.monotonic()`` value after which to stop (at least one item is
+            done); ``items_done`` of the outcome says how far it got.
+
+    A return other than a dict (one row), a list of dicts or None (no row) dead-letters
+    the item as a permanent ``TypeError``.
+
+    Raises:
+        MemoryError: a resource error aborts the batch (it is retried with more memory).
+        SchemaMismatch: two items returned values of different types under one key.
+    """
+    ctx, id_column, faults = call.ctx, call.id_column, call.faults
+    rows: list[dict[str, Any]] = []
+    dead: list[dict[str, Any]] = []
+    policy = RetryingCall(call.retry)
+    fn = faults.wrap_item(call.fn, id_column) if faults else call.fn
+    done = 0
+    # key -> (Python type, item id, value) of its first non-None value: polars would make
+    # a String column of ints and strs, so a second type is the batch's error instead.
+    kinds: dict[str, tuple[type, Any, Any]] = {}
+    for item in items.iter_rows(named=True):
+        if done and deadline is not None and time.monotonic() >= deadline:
+            break
+        if faults:
+            faults.before_step(start + done)
+        done += 1
+        try:
+            produced = policy(fn, item, ctx)
+        except Exception as exc:
+            if classify(exc) is Category.RESOURCE:
+                raise
+            dead.append(dead_letter(item[id_column], exc, ctx.attempt))
+            continue
+        try:
+            produced_rows = item_rows(produced)
+        except TypeError as exc:
+            # The job's code is wrong for this item, whatever the config's error rules say
+            # about TypeError: retrying returns the same, so it is permanent.
+            letter = dead_letter(item[id_column], exc, ctx.attempt)
+            dead.append({**letter, "category": str(Category.PERMANENT)})
+            continue
+        _check_kinds(produced_rows, kinds, item[id_column], ctx.batch_id)
+        rows.extend(produced_rows)
+    result = pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
+    # polars infers a dtype from the Python values of this batch alone (a UInt64 id comes
+    # back Int64, or Int128 when above 2**63-1, which pyarrow cannot read at the merge):
+    # a returned input column gets the input's dtype back, so every batch has one schema.
+    result = with_input_dtypes(result, items.schema, id_column, f"batch {ctx.batch_id}: result")
+    return BatchOutcome(result, dead, done)
+
+
+def _check_kinds(
+    rows: list[dict[str, Any]], kinds: dict[str, tuple[type, Any, Any]], item_id: Any, batch: str
+) -> None:
+    """Note the Python type of every key's values; a second type for a key is an error.
+
+    Raises:
+        SchemaMismatch: naming the key, both types and the items (permanent).
+    """
+    for row in rows:
+        for key, value in row.items():
+            if value is None:
+                continue
+            seen = kinds.get(key)
+            if seen is None:
+                kinds[key] = (type(value), item_id, value)
+            elif seen[0] is not type(value):
+                raise SchemaMismatch(
+                    f"batch {batch}: result key {key!r} is {kind_of(seen[2])} for item "
+                    f"{seen[1]!r} ({short_repr(seen[2])}) but {kind_of(value)} for item "
+                    f"{item_id!r} ({short_repr(value)}); return one type per key in every "
+                    "row (it is not converted)"
+                )
+
+
+def item_rows(produced: Any) -> list[dict[str, Any]]:
+    """The rows an item-mode job returned: a dict is one row, a list of dicts several, None none.
+
+    Raises:
+        TypeError: anything else, naming what was returned (a value polars would make a
+            ``column_0`` of, or a frame, which belongs to batch mode).
+    """
+    if produced is None:
+        return []
+    if isinstance(produced, dict):
+        return [produced]
+    expected = "expected a dict (one row), a list of dicts or None (no row)"
+    if isinstance(produced, list):
+        for position, row in enumerate(produced):
+            if not isinstance(row, dict):
+                raise TypeError(
+                    f"job returned a list holding {kind_of(row)} at position {position} "
+                    f"({short_repr(row)}), {expected}; return each row as a dict"
+                )
+        return produced
+    if hasattr(produced, "to_dicts") or hasattr(produced, "to_dict"):
+        hint = (
+            "return its rows as dicts (polars .to_dicts(), pandas .to_dict('records')), "
+            "or use job.mode: batch"
+        )
+    else:
+        hint = "return the item's row as a dict"
+    raise TypeError(
+        f"job returned {kind_of(produced)} ({short_repr(produced)}), {expected}; {hint}"
+    )
