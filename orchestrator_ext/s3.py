@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator_ext.aws import AwsResource, display_endpoint
 from orchestrator_ext.errors import Category, MissingOutput, OrchestratorError
+from orchestrator_ext.location import S3_SCHEME, is_remote
 
 if TYPE_CHECKING:
     from orchestrator_ext.config import FaultSpec
@@ -74,11 +75,6 @@ class S3Object:
         return f"s3://{self.bucket}/{self.key}"
 
 
-def is_s3_uri(uri: str | os.PathLike[str]) -> bool:
-    """True for ``s3://...``."""
-    return str(uri).startswith("s3://")
-
-
 def split_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/some/key`` -> ``("bucket", "some/key")`` (the key may be empty).
 
@@ -86,9 +82,9 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
         S3Error: not an ``s3://`` URI, or no bucket.
     """
     # Not urlsplit: a key (or key glob) may hold "?" and "#".
-    if not uri.startswith("s3://"):
+    if not is_remote(uri):
         raise S3Error(f"not an S3 URI (expected s3://bucket/key): {uri}")
-    bucket, _, key = uri[len("s3://") :].partition("/")
+    bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
     if not bucket:
         raise S3Error(f"not an S3 URI (expected s3://bucket/key): {uri}")
     return bucket, key

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator_ext.cli.run_config import load_cli_config, open_run_store
 from orchestrator_ext.config import RunConfig
 from orchestrator_ext.errors import OrchestratorError
+from orchestrator_ext.location import is_remote
 
 if TYPE_CHECKING:
     from orchestrator_ext.cost import Workload
@@ -113,7 +114,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     config = load_cli_config(args)
     output = args.output or (
         f"{config.run_id}-report.html"
-        if config.run_dir.startswith("s3://")
+        if is_remote(config.run_dir)
         else f"{config.run_dir}/report.html"
     )
     store = open_run_store(config)

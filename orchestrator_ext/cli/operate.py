@@ -16,6 +16,7 @@ from orchestrator_ext.cli import render
 from orchestrator_ext.cli.exit_codes import EXIT_VERIFY_FAILED
 from orchestrator_ext.cli.run_config import load_cli_config, open_run_store
 from orchestrator_ext.config import RunConfig
+from orchestrator_ext.location import is_remote
 
 
 def cmd_redrive(args: argparse.Namespace) -> int:
@@ -68,7 +69,7 @@ def _set_up(config: RunConfig) -> dict[str, Any]:
         report["table"] = {"name": config.state.table, "created": created}
     else:
         report["state"] = "sqlite (created by the run in its folder; nothing to set up)"
-    if config.output_root.startswith("s3://"):
+    if is_remote(config.output_root):
         from orchestrator_ext.s3 import (
             bucket_default_encryption,
             check_bucket,

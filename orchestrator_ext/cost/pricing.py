@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from orchestrator_ext.cost.request_model import dynamodb_units, s3_requests, stored_bytes
+from orchestrator_ext.location import is_remote
 
 if TYPE_CHECKING:
     from orchestrator_ext.config import RunConfig
@@ -47,8 +48,8 @@ def estimate_cost(
 ) -> CostEstimate:
     """Price a workload. Services the run does not use are shown with ``applies: false`` and
     left out of the total (S3 for a local run folder, DynamoDB for SQLite state)."""
-    output_in_s3 = config.output_root.startswith("s3://")
-    input_in_s3 = config.input.uri.startswith("s3://")
+    output_in_s3 = is_remote(config.output_root)
+    input_in_s3 = is_remote(config.input.uri)
     s3 = s3_requests(workload, output_in_s3, input_in_s3)
     requests = s3["requests"]
     gb = stored_bytes(workload, config.merge.mode) / 1e9 if output_in_s3 else 0.0

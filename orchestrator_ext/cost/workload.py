@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator_ext.cost.errors import CostError
 from orchestrator_ext.layout import level_sizes
+from orchestrator_ext.location import is_remote
 
 if TYPE_CHECKING:
     from orchestrator_ext.config import RunConfig
@@ -74,7 +75,7 @@ def count_input_items(config: RunConfig) -> tuple[int, int, int]:
     """
     from orchestrator_ext.items import list_input_files
 
-    if config.input.uri.startswith("s3://"):
+    if is_remote(config.input.uri):
         raise CostError(
             f"input {config.input.uri} is in S3: pass --items N, or run the partition step "
             "first so that the plan has the exact count"
