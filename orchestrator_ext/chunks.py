@@ -2,7 +2,8 @@
 
 With ``chunks.every_items`` and/or ``chunks.every_seconds`` set, ``process`` works through
 a batch chunk by chunk. After each chunk its output rows and dead letters are written
-(atomically) beside the run::
+(atomically) in the run's folder, locally or in S3 (``location``), so an attempt on another
+node finds them::
 
     {run}/chunks/batch-NNNNN/chunk-NNNNN.parquet       the chunk's output rows
     {run}/chunks/batch-NNNNN/chunk-NNNNN.dead.parquet  the chunk's dead letters
@@ -32,16 +33,14 @@ import hashlib
 import io
 import json
 import logging
-import shutil
+import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from orchestrator_ext.errors import CorruptFile, MissingOutput
-from orchestrator_ext.storage import atomic_path, read_json, write_json
-from orchestrator_ext.task import batch_name
+from orchestrator_ext.location import Location, join, location_of
 
 if TYPE_CHECKING:
     from orchestrator_ext.config import ChunksSpec, RunConfig
@@ -63,11 +62,6 @@ def enabled(spec: ChunksSpec) -> bool:
 def batch_slice_size(spec: ChunksSpec) -> int:
     """Items per job call in batch mode with chunks on."""
     return spec.every_items or DEFAULT_BATCH_SLICE
-
-
-def chunks_dir(result_file: str | Path, batch: int | str) -> Path:
-    """``{run}/chunks/batch-NNNNN``, derived from the batch's result file location."""
-    return Path(result_file).parent.parent / "chunks" / batch_name(int(batch))
 
 
 def chunks_key(config: RunConfig, batch_sha256: str) -> str:
@@ -116,29 +110,37 @@ class ChunkStore:
     """The persisted chunks of one batch.
 
     Args:
-        folder: ``chunks/batch-NNNNN`` of the run (``chunks_dir``).
+        folder: ``chunks/batch-NNNNN`` of the run (``RunLayout.chunks``), a local path or
+            an ``s3://`` URI.
         key: ``chunks_key`` of this batch and config.
         batch: the batch id, recorded in the index.
+        files: the folder's location (default: ``location_of(folder)``).
     """
 
-    def __init__(self, folder: str | Path, key: str, batch: str) -> None:
-        self.folder = Path(folder)
+    def __init__(
+        self, folder: str | os.PathLike[str], key: str, batch: str, files: Location | None = None
+    ) -> None:
+        self.folder = str(folder)
         self.key = key
         self.batch = batch
+        self.files = files or location_of(self.folder)
         self.chunks: list[Chunk] = []
+        # Whether the folder may hold anything: an index is written (or the folder removed)
+        # only then, so a batch that never persisted a chunk costs no request in S3.
+        self._touched = False
 
     @property
-    def index_file(self) -> Path:
+    def index_file(self) -> str:
         """The folder's ``index.json``: which chunks count, with their sha256."""
-        return self.folder / "index.json"
+        return join(self.folder, "index.json")
 
-    def result_path(self, index: int) -> Path:
+    def result_path(self, index: int) -> str:
         """Where chunk ``index``'s output rows are kept."""
-        return self.folder / f"chunk-{index:0{CHUNK_DIGITS}d}.parquet"
+        return join(self.folder, f"chunk-{index:0{CHUNK_DIGITS}d}.parquet")
 
-    def dead_path(self, index: int) -> Path:
+    def dead_path(self, index: int) -> str:
         """Where chunk ``index``'s dead letters are kept."""
-        return self.folder / f"chunk-{index:0{CHUNK_DIGITS}d}.dead.parquet"
+        return join(self.folder, f"chunk-{index:0{CHUNK_DIGITS}d}.dead.parquet")
 
     @property
     def items_done(self) -> int:
@@ -162,9 +164,9 @@ class ChunkStore:
         """
         self.chunks = []
         try:
-            index = read_json(self.index_file)
+            index = self.files.read_json(self.index_file)
         except MissingOutput:
-            if self.folder.exists():
+            if self.files.list(self.folder):
                 self.clear()  # chunk files without an index: nothing can be trusted
             return []
         except (OSError, CorruptFile) as exc:
@@ -177,6 +179,7 @@ class ChunkStore:
             )
             self.clear()
             return []
+        self._touched = True
         for entry in index.get("chunks", []):
             chunk = self._load(entry)
             if chunk is None:
@@ -200,9 +203,9 @@ class ChunkStore:
             logger.warning("chunk %s does not continue the prefix: redoing it", entry)
             return None
         try:
-            chunk.result_bytes = self.result_path(chunk.index).read_bytes()
-            chunk.dead_bytes = self.dead_path(chunk.index).read_bytes()
-        except FileNotFoundError:
+            chunk.result_bytes = self.files.read_bytes(self.result_path(chunk.index))
+            chunk.dead_bytes = self.files.read_bytes(self.dead_path(chunk.index))
+        except MissingOutput:
             logger.warning("chunk %d of batch %s is missing: redoing it", chunk.index, self.batch)
             return None
         if (
@@ -217,12 +220,10 @@ class ChunkStore:
         return chunk
 
     def _discard_after(self, keep: int) -> None:
-        if not self.folder.exists():
-            return
-        for path in self.folder.glob("chunk-*.parquet"):
-            number = path.name.removeprefix("chunk-").split(".", 1)[0]
+        for uri in self.files.list(self.folder, ".parquet"):
+            number = uri.rsplit("/", 1)[-1].removeprefix("chunk-").split(".", 1)[0]
             if number.isdigit() and int(number) >= keep:
-                path.unlink(missing_ok=True)
+                self.files.remove(uri)
 
     # -- persist -------------------------------------------------------------------------
 
@@ -252,20 +253,17 @@ class ChunkStore:
             result_bytes=result_bytes,
             dead_bytes=dead_bytes,
         )
-        for path, data in (
-            (self.result_path(chunk.index), result_bytes),
-            (self.dead_path(chunk.index), dead_bytes),
-        ):
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(data)
+        self._touched = True
+        self.files.write_bytes(self.result_path(chunk.index), result_bytes)
+        self.files.write_bytes(self.dead_path(chunk.index), dead_bytes)
         self.chunks.append(chunk)
         self._write_index()
         return chunk
 
     def _write_index(self) -> None:
-        if not self.chunks and not self.folder.exists():
+        if not self._touched:
             return
-        write_json(
+        self.files.write_json(
             self.index_file,
             {
                 "version": INDEX_VERSION,
@@ -293,8 +291,10 @@ class ChunkStore:
 
     def clear(self) -> None:
         """Remove the batch's chunk folder (after the batch committed)."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self._touched or self.files.list(self.folder):
+            self.files.remove(self.folder)
         self.chunks = []
+        self._touched = False
 
 
 def note_resume(store: StateStore, attempt: Attempt, chunks: ChunkStore, n_items: int) -> None:

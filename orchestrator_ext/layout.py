@@ -119,6 +119,11 @@ class RunLayout:
     def result_record(self, batch: int | str) -> str:
         return self._path(f"results/{_batch_file(batch)}.json")
 
+    def chunks(self, batch: int | str) -> str:
+        """The folder of a batch's sub-batch chunks (``chunks``); written by the batch job
+        itself, never wrapped: in S3 for a run in S3, so an attempt on any node resumes."""
+        return f"{self.run_dir}/chunks/{_batch_file(batch)}"
+
     @property
     def dead_letters_dir(self) -> str:
         """The folder of the dead-letter files; a plain location, never wrapped (the

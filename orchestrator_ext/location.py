@@ -61,8 +61,12 @@ class Location(ABC):
         """The whole file. Raises MissingOutput if it does not exist."""
 
     @abstractmethod
-    def write_bytes(self, uri: str, data: bytes) -> None:
-        """Write the whole file atomically: readers see the old file or the new, never part."""
+    def write_bytes(self, uri: str, data: bytes, private: bool = False) -> None:
+        """Write the whole file atomically: readers see the old file or the new, never part.
+
+        ``private``: readable by its owner only (a local file gets mode 0600; objects in S3
+        are private to the bucket and encrypted anyway), for files that may hold secrets.
+        """
 
     @abstractmethod
     def put_file(self, path: str | os.PathLike[str], uri: str) -> None:
@@ -146,8 +150,10 @@ class LocalLocation(Location):
         except (FileNotFoundError, NotADirectoryError):
             raise MissingOutput(f"file not found: {uri}") from None
 
-    def write_bytes(self, uri: str, data: bytes) -> None:
+    def write_bytes(self, uri: str, data: bytes, private: bool = False) -> None:
         with atomic_path(uri) as tmp:
+            if private:
+                tmp.chmod(0o600)  # before the data is in it
             tmp.write_bytes(data)
 
     def put_file(self, path: str | os.PathLike[str], uri: str) -> None:
@@ -207,7 +213,7 @@ class S3Location(Location):
 
         return s3.read_bytes(self.client, uri)
 
-    def write_bytes(self, uri: str, data: bytes) -> None:
+    def write_bytes(self, uri: str, data: bytes, private: bool = False) -> None:
         from orchestrator_ext import s3
 
         s3.put_bytes(self.client, uri, data)

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from orchestrator_ext.config import RunConfig, polars_dtype
+from orchestrator_ext.config import RunConfig
+from orchestrator_ext.dtypes import polars_dtype
 from orchestrator_ext.errors import RowsMismatch, SchemaMismatch
 from orchestrator_ext.output_schema import (
     dtype_name,

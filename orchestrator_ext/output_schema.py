@@ -2,7 +2,7 @@
 casts, and the input's dtypes given back, exactly, to frames built from Python values.
 
 A schema here is column name -> canonical dtype name (``dtype_name``), the spelling
-``job.output_schema`` takes (``config.canonical_dtype``). The run's output contract that
+``job.output_schema`` takes (``dtypes.canonical_dtype``). The run's output contract that
 holds every batch to one schema is ``output_contract``.
 """
 
@@ -17,7 +17,7 @@ from orchestrator_ext.errors import SchemaMismatch
 
 
 def dtype_name(dtype: pl.DataType | DataTypeClass) -> str:
-    """A polars dtype's canonical name, as ``config.canonical_dtype`` spells the names that
+    """A polars dtype's canonical name, as ``dtypes.canonical_dtype`` spells the names that
     ``job.output_schema`` takes (``Int64``, ``List(String)``, ``Datetime(ns, UTC)``); other
     dtypes by polars' own repr."""
     if isinstance(dtype, pl.List):

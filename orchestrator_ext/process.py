@@ -33,7 +33,6 @@ from orchestrator_ext.batch_mode import run_batch_mode
 from orchestrator_ext.chunks import (
     ChunkStore,
     batch_slice_size,
-    chunks_dir,
     chunks_key,
     enabled,
     note_resume,
@@ -49,6 +48,7 @@ from orchestrator_ext.errors import StateConflict
 from orchestrator_ext.faults import injector_for
 from orchestrator_ext.item_mode import run_item_mode
 from orchestrator_ext.job import job_context, load_callable
+from orchestrator_ext.layout import RunLayout
 from orchestrator_ext.output_contract import check_output_contract
 from orchestrator_ext.output_schema import (
     concat_item_frames,
@@ -105,7 +105,7 @@ def process_batch(
         batch_sha256 = read_json(plan_file)["batches"][int(batch)]["sha256"]
         verify_checksum(batch_file, batch_sha256, f"batch {batch} input")
         items = pl.read_parquet(batch_file)
-        chunks = _open_chunks(config, store, attempt, batch, items, batch_sha256, result_file)
+        chunks = _open_chunks(config, store, attempt, batch, items, batch_sha256)
         outcome = _run_job(config, store, attempt, batch, items, chunks)
         n_items, n_dead = items.height, len(outcome.dead)
         check_tolerance(batch, n_items, outcome.dead, config.max_dead_letter_fraction)
@@ -186,13 +186,12 @@ def _open_chunks(
     batch: str,
     items: pl.DataFrame,
     batch_sha256: str,
-    result_file: str,
 ) -> ChunkStore | None:
     """The batch's chunks (resumed if intact), or None when chunks are not configured."""
     if not enabled(config.chunks):
         return None
     key = chunks_key(config, batch_sha256)
-    chunks = ChunkStore(chunks_dir(result_file, batch), key, batch)
+    chunks = ChunkStore(RunLayout(config.run_dir).chunks(batch), key, batch)
     if chunks.resume():
         note_resume(store, attempt, chunks, items.height)
     return chunks

@@ -109,8 +109,8 @@ def acquire_coordinator(run: RunConfig) -> None:
 def publish_resolved_config(run: RunConfig) -> None:
     """Write the run's resolved config into its folder (``onstart``, after the lease), or
     stop with one line if the folder cannot be written."""
-    from orchestrator_ext.config import publish_resolved_config as publish
     from orchestrator_ext.errors import OrchestratorError
+    from orchestrator_ext.resolved_config import publish_resolved_config as publish
 
     try:
         publish(run)

@@ -147,7 +147,7 @@ def chatty_batch(batch: pl.DataFrame, ctx: JobContext) -> pl.DataFrame:
 def typed_batch(batch: pl.DataFrame, ctx: JobContext) -> pl.DataFrame:
     """Batch mode: ``id`` and ``v`` (``value``) of dtype ``params.dtypes[batch id]``, else
     ``params.dtype`` (default ``Int64``): a job whose schema drifts between batches."""
-    from orchestrator_ext.config import polars_dtype
+    from orchestrator_ext.dtypes import polars_dtype
 
     name = ctx.params.get("dtypes", {}).get(ctx.batch_id, ctx.params.get("dtype", "Int64"))
     return batch.select("id", pl.col("value").cast(polars_dtype(name)).alias("v"))

@@ -12,13 +12,12 @@ from orchestrator_ext.chunks import (
     DEFAULT_BATCH_SLICE,
     ChunkStore,
     batch_slice_size,
-    chunks_dir,
     chunks_key,
     enabled,
 )
 from orchestrator_ext.config import ChunksSpec, load_config
 from orchestrator_ext.dead_letter import dead_letter_frame
-from orchestrator_ext.storage import read_json, write_json
+from orchestrator_ext.layout import RunLayout
 
 MINIMAL = {
     "run_id": "demo",
@@ -37,9 +36,29 @@ def _dead(*ids: int) -> pl.DataFrame:
     return dead_letter_frame(letters, pl.Int64)
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> ChunkStore:
-    return ChunkStore(tmp_path / "chunks" / "batch-00003", "key-1", "00003")
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ChunkStore:
+    """The chunks of batch 3 of a run on disk, and of a run in S3 (the local S3 server)."""
+    if request.param == "local":
+        return ChunkStore(RunLayout(str(tmp_path / "r")).chunks("00003"), "key-1", "00003")
+    import uuid
+
+    from orchestrator_ext.s3 import make_s3_client
+
+    request.getfixturevalue("aws_env")
+    client = make_s3_client()
+    bucket = f"chunks-{uuid.uuid4().hex[:10]}"
+    client.create_bucket(Bucket=bucket)
+    return ChunkStore(RunLayout(f"s3://{bucket}/p/r").chunks("00003"), "key-1", "00003")
+
+
+def _again(store: ChunkStore, key: str = "key-1") -> ChunkStore:
+    """A later attempt's view of the same folder (a new process, maybe on another node)."""
+    return ChunkStore(store.folder, key, "00003")
+
+
+def _gone(store: ChunkStore) -> bool:
+    return store.files.list(store.folder) == []
 
 
 def _saved(store: ChunkStore) -> ChunkStore:
@@ -58,10 +77,9 @@ class TestSettings:
         assert batch_slice_size(ChunksSpec(every_items=7)) == 7
         assert batch_slice_size(ChunksSpec(every_seconds=10)) == DEFAULT_BATCH_SLICE
 
-    def test_folder_is_beside_the_results(self) -> None:
-        assert chunks_dir("out/r/results/batch-00003.parquet", "00003") == Path(
-            "out/r/chunks/batch-00003"
-        )
+    def test_folder_is_in_the_run_folder(self) -> None:
+        assert RunLayout("out/r").chunks("00003") == "out/r/chunks/batch-00003"
+        assert RunLayout("s3://b/p/r").chunks(3) == "s3://b/p/r/chunks/batch-00003"
 
     def test_key_depends_on_the_input_and_the_chunking(self) -> None:
         config = load_config(copy.deepcopy(MINIMAL))
@@ -74,7 +92,7 @@ class TestSettings:
 class TestSaveAndResume:
     def test_a_new_store_resumes_every_intact_chunk(self, store: ChunkStore) -> None:
         _saved(store)
-        again = ChunkStore(store.folder, "key-1", "00003")
+        again = _again(store)
         assert [(c.start, c.end) for c in again.resume()] == [(0, 4), (4, 8), (8, 10)]
         assert again.items_done == 10
         assert again.items_by_attempt() == {"1": 8, "2": 2}
@@ -85,7 +103,7 @@ class TestSaveAndResume:
 
     def test_index_names_the_batch_and_every_chunk(self, store: ChunkStore) -> None:
         _saved(store)
-        index = read_json(store.index_file)
+        index = store.files.read_json(store.index_file)
         assert (index["batch_id"], index["key"], index["version"]) == ("00003", "key-1", 1)
         assert [(c["index"], c["rows"], c["dead"]) for c in index["chunks"]] == [
             (0, 4, 0), (1, 3, 1), (2, 2, 0),
@@ -98,44 +116,45 @@ class TestSaveAndResume:
 
     def test_a_tampered_chunk_and_the_ones_after_it_are_dropped(self, store: ChunkStore) -> None:
         _saved(store)
-        store.result_path(1).write_bytes(store.result_path(2).read_bytes())
-        again = ChunkStore(store.folder, "key-1", "00003")
+        store.files.write_bytes(store.result_path(1), store.files.read_bytes(store.result_path(2)))
+        again = _again(store)
         assert [c.index for c in again.resume()] == [0]
-        assert not store.result_path(1).exists() and not store.result_path(2).exists()
-        assert len(read_json(store.index_file)["chunks"]) == 1
+        assert not store.files.exists(store.result_path(1))
+        assert not store.files.exists(store.result_path(2))
+        assert len(store.files.read_json(store.index_file)["chunks"]) == 1
 
     def test_a_missing_file_is_redone(self, store: ChunkStore) -> None:
         _saved(store)
-        store.dead_path(2).unlink()
-        assert [c.index for c in ChunkStore(store.folder, "key-1", "00003").resume()] == [0, 1]
+        store.files.remove(store.dead_path(2))
+        assert [c.index for c in _again(store).resume()] == [0, 1]
 
     def test_another_key_starts_over(self, store: ChunkStore) -> None:
         _saved(store)
-        assert ChunkStore(store.folder, "key-2", "00003").resume() == []
-        assert not store.folder.exists()
+        assert _again(store, "key-2").resume() == []
+        assert _gone(store)
 
     def test_files_without_an_index_start_over(self, store: ChunkStore) -> None:
         _saved(store)
-        store.index_file.unlink()
-        assert ChunkStore(store.folder, "key-1", "00003").resume() == []
-        assert not store.folder.exists()
+        store.files.remove(store.index_file)
+        assert _again(store).resume() == []
+        assert _gone(store)
 
     def test_an_unreadable_index_starts_over(self, store: ChunkStore) -> None:
         _saved(store)
-        store.index_file.write_text("{not json")
-        assert ChunkStore(store.folder, "key-1", "00003").resume() == []
+        store.files.write_bytes(store.index_file, b"{not json")
+        assert _again(store).resume() == []
 
     def test_an_entry_that_does_not_continue_the_prefix_ends_it(self, store: ChunkStore) -> None:
         _saved(store)
-        index = read_json(store.index_file)
+        index = store.files.read_json(store.index_file)
         index["chunks"][1]["start"] = 5
-        write_json(store.index_file, index)
-        assert [c.index for c in ChunkStore(store.folder, "key-1", "00003").resume()] == [0]
+        store.files.write_json(store.index_file, index)
+        assert [c.index for c in _again(store).resume()] == [0]
 
     def test_nothing_persisted_leaves_no_folder(self, store: ChunkStore) -> None:
-        assert store.resume() == [] and not store.folder.exists()
+        assert store.resume() == [] and _gone(store)
         assert store.items_done == 0 and store.results() == [] and store.dead_letters() == []
 
     def test_clear_removes_the_folder(self, store: ChunkStore) -> None:
         _saved(store).clear()
-        assert not store.folder.exists() and store.chunks == []
+        assert _gone(store) and store.chunks == []

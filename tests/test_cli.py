@@ -289,7 +289,7 @@ class TestRunFolder:
     def test_status_by_folder_equals_status_by_configfile(
         self, configfile: Path, store_with_tasks, capsys
     ) -> None:
-        from orchestrator_ext.config import publish_resolved_config
+        from orchestrator_ext.resolved_config import publish_resolved_config
 
         config = load_config(yaml.safe_load(configfile.read_text()))
         publish_resolved_config(config)
@@ -309,7 +309,7 @@ class TestRunFolder:
         assert "either by its folder or by --configfile" in _one_error_line(capsys)
 
     def test_a_changed_config_json_is_refused(self, configfile: Path, capsys) -> None:
-        from orchestrator_ext.config import publish_resolved_config
+        from orchestrator_ext.resolved_config import publish_resolved_config
 
         config = load_config(yaml.safe_load(configfile.read_text()))
         path = Path(publish_resolved_config(config))

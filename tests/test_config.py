@@ -332,7 +332,7 @@ class TestConfigSha256:
 
 class TestResolvedConfig:
     def test_round_trip_keeps_config_and_sha256(self, make_config) -> None:
-        from orchestrator_ext.config import publish_resolved_config, read_resolved_config
+        from orchestrator_ext.resolved_config import publish_resolved_config, read_resolved_config
 
         config = load_config(make_config(job={"params": {"factor": 3}}))
         path = Path(publish_resolved_config(config))
@@ -345,7 +345,7 @@ class TestResolvedConfig:
         assert again.raw == config.raw
 
     def test_a_tampered_file_is_refused(self, make_config) -> None:
-        from orchestrator_ext.config import publish_resolved_config, read_resolved_config
+        from orchestrator_ext.resolved_config import publish_resolved_config, read_resolved_config
 
         config = load_config(make_config())
         path = Path(publish_resolved_config(config))
@@ -356,7 +356,7 @@ class TestResolvedConfig:
             read_resolved_config(config.run_dir)
 
     def test_not_a_run_folder(self, tmp_path) -> None:
-        from orchestrator_ext.config import read_resolved_config
+        from orchestrator_ext.resolved_config import read_resolved_config
 
         with pytest.raises(ConfigError, match="is not a run folder"):
             read_resolved_config(str(tmp_path))
@@ -392,7 +392,7 @@ class TestOutputContractConfig:
          "Decimal(38, 4)", "List(String)", "List(List(Datetime(ns)))"],
     )  # fmt: skip
     def test_the_polars_dtype_of_a_name_has_that_name(self, name: str) -> None:
-        from orchestrator_ext.config import canonical_dtype, polars_dtype
+        from orchestrator_ext.dtypes import canonical_dtype, polars_dtype
         from orchestrator_ext.output_schema import dtype_name
 
         assert dtype_name(polars_dtype(name)) == canonical_dtype(name) == name

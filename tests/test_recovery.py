@@ -25,7 +25,6 @@ import polars as pl
 import pytest
 from conftest import base_config, run_snakemake, snakemake_command, write_config
 
-from orchestrator_ext.chunks import chunks_dir
 from orchestrator_ext.config import load_config
 from orchestrator_ext.errors import StateConflict
 from orchestrator_ext.example_data import make_records
@@ -143,7 +142,7 @@ class Batch:
         return sha256_file(self.paths(run_id)["result_file"])
 
     def chunk_folder(self, run_id: str = "r") -> Path:
-        return chunks_dir(self.paths(run_id)["result_file"], "00000")
+        return Path(RunLayout(str(self.root / "out" / run_id)).chunks("00000"))
 
 
 @pytest.fixture
@@ -214,6 +213,39 @@ class TestChunksInProcess:
         assert log[3].detail == (
             "resumed at item 60 of 100 from 3 persisted chunk(s) (attempt 1: 60)"
         )
+
+    def test_chunks_of_a_run_in_s3_live_in_s3(self, tmp_path: Path, aws_env: str) -> None:
+        """A run in S3 keeps its chunks in S3, not beside the storage plugin's local copy:
+        an attempt on another node resumes from them; the commit removes them."""
+        import uuid
+
+        from orchestrator_ext.s3 import make_s3_client
+
+        client = make_s3_client()
+        bucket = f"chunks-{uuid.uuid4().hex[:10]}"
+        client.create_bucket(Bucket=bucket)
+        batch = Batch(tmp_path, 100)
+        plain = batch.process(batch.config("plain"))
+        raw = batch.config(
+            chunks={"every_items": 20}, faults={"enabled": True, "kill_batches": {0: 70}},
+            output_root=f"s3://{bucket}/p", state={"backend": "dynamodb", "table": "t"},
+        )  # fmt: skip
+        assert batch.process_in_child(raw).returncode == -signal.SIGKILL
+
+        def chunk_keys() -> list[str]:
+            listed = client.list_objects_v2(Bucket=bucket, Prefix="p/r/chunks/batch-00000/")
+            return sorted(o["Key"].rsplit("/", 1)[-1] for o in listed.get("Contents", []))
+
+        assert chunk_keys() == [
+            "chunk-00000.dead.parquet", "chunk-00000.parquet", "chunk-00001.dead.parquet",
+            "chunk-00001.parquet", "chunk-00002.dead.parquet", "chunk-00002.parquet",
+            "index.json",
+        ]  # fmt: skip
+        assert not batch.chunk_folder().exists(), "nothing of the chunks on local disk"
+        record = batch.process(raw)
+        assert record["sha256"] == plain["sha256"] == batch.result_sha()
+        assert record["chunks"]["items_by_attempt"] == {"1": 60, "2": 40}
+        assert chunk_keys() == [], "chunks are removed after the commit"
 
     def test_tampered_chunk_and_the_ones_after_it_are_redone(self, tmp_path: Path) -> None:
         batch = Batch(tmp_path, 100)

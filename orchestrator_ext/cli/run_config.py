@@ -101,7 +101,7 @@ def load_cli_config(args: argparse.Namespace) -> RunConfig:
     if getattr(args, "run", None):
         if args.configfile:
             raise OrchestratorError("name the run either by its folder or by --configfile")
-        from orchestrator_ext.config import read_resolved_config
+        from orchestrator_ext.resolved_config import read_resolved_config
 
         run = read_resolved_config(args.run)
         return load_config(_merge(run.raw, overrides)) if overrides else run
