@@ -85,19 +85,23 @@ def dead_letter_frame(dead: list[dict[str, Any]], id_dtype: pl.DataType) -> pl.D
 
 
 @contextlib.contextmanager
-def publish_dead_letters(dead: pl.DataFrame, uri: str) -> Iterator[dict[str, Any] | None]:
+def publish_dead_letters(
+    dead: pl.DataFrame, uri: str, retried: bool = True
+) -> Iterator[dict[str, Any] | None]:
     """Write a batch's dead letters, to be published at ``uri`` when the block succeeds.
 
     Yields their record entry (uri, sha256, bytes), or None when there are none: then
-    nothing is written, and a local file an earlier attempt left at ``uri`` is removed, so
-    the folder agrees with the record. An ``s3://`` URI is uploaded by this process (with
-    server-side encryption) once the block is through; there the record, not the prefix,
-    says which object counts.
+    nothing is written, and a file an earlier attempt left at ``uri`` is removed, so the
+    folder agrees with the record (``orchestrator errors`` and ``redrive`` read the folder).
+    An ``s3://`` URI is uploaded by this process (with server-side encryption) once the
+    block is through. In S3 the removal costs requests, so it is made only when
+    ``retried`` (the batch's first attempt cannot have left anything: a re-partition
+    removes the old plan's files).
     """
     files = location_of(uri)
     if dead.is_empty():
         yield None
-        if not is_remote(uri):
+        if retried or not is_remote(uri):
             files.remove(uri)
         return
     buffer = io.BytesIO()

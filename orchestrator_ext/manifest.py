@@ -208,11 +208,11 @@ def write_run_manifest(
     ``plan_uri`` is where the plan lives (an ``s3://`` URI for a run in S3) when
     ``plan_file`` is a local copy.
     """
-    with store.attempt_scope(task.MANIFEST) as lease:
+    with store.attempt_scope(task.MANIFEST) as attempt:
         manifest = build_manifest(
             config, plan_file, batch_records, merge_records, final_record, plan_uri
         )
         with atomic_path(manifest_file) as tmp:
             write_json(tmp, manifest)
-            store.succeed(lease, sha256_file(tmp), items=manifest["items_in"])
+            store.succeed(attempt, sha256_file(tmp), items=manifest["items_in"])
     return manifest

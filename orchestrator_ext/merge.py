@@ -203,7 +203,7 @@ def merge_node(
     Raises:
         ChecksumMismatch: a child changed after it was written; nothing is published.
     """
-    with store.attempt_scope(task_id) as lease:
+    with store.attempt_scope(task_id) as attempt:
         started = time.monotonic()
         child_records = verify_children(children)
         if level is None:  # batch records carry no level: they are level 0
@@ -214,7 +214,7 @@ def merge_node(
             atomic_path(output_file) as tmp_output,
         ):
             if config.merge.mode == "reduce":
-                with job_context(config.run_id, task_id, lease.attempt, config.job.params) as ctx:
+                with job_context(config.run_id, task_id, attempt.attempt, config.job.params) as ctx:
                     merged = reduce_frames(config, inputs, ctx, is_root)
                 merged.write_parquet(tmp_output, compression="zstd", statistics=True)
                 rows = merged.height
@@ -228,11 +228,11 @@ def merge_node(
                 "uri": uri or output_file,
                 "rows": rows,
                 **facts,
-                "attempts": lease.attempt,
+                "attempts": attempt.attempt,
                 "duration_s": round(time.monotonic() - started, 3),
                 "host": current_host(),
             }
             write_json(tmp_record, record)
-            store.succeed(lease, facts["sha256"])
+            store.succeed(attempt, facts["sha256"])
     logger.info("merged %s: %d children, %d rows", task_id, len(children), rows)
     return record

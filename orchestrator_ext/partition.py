@@ -227,7 +227,7 @@ def partition_items(
         InputError: the source is missing, unreadable, has bad ids, or changed while it
             was read; JobLoadError: the job's code cannot be imported. Nothing is written.
     """
-    with store.attempt_scope(task.PARTITION) as lease:
+    with store.attempt_scope(task.PARTITION) as attempt:
         resolve_job(config.job)
         check_output_bucket(config)
         client = _s3_client(config)
@@ -259,7 +259,7 @@ def partition_items(
                     "a new plan supersedes the old one: removed %d files of it, %d tasks "
                     "start over or are superseded", removed, reset,
                 )  # fmt: skip
-            store.succeed(lease, plan["input"]["listing_sha256"], items=items.height)
+            store.succeed(attempt, plan["input"]["listing_sha256"], items=items.height)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)

@@ -114,7 +114,7 @@ def process_batch(
         # Context managers exit in reverse, so the record is renamed into place last.
         with (
             atomic_path(record_file) as tmp_record,
-            publish_dead_letters(dead, dead_letter_uri) as dead_facts,
+            publish_dead_letters(dead, dead_letter_uri, attempt.attempt > 1) as dead_facts,
             atomic_path(result_file) as tmp_result,
         ):
             result.write_parquet(tmp_result, compression="zstd", statistics=True)

@@ -87,9 +87,20 @@ class TestPublishDeadLetters:
         uri = f"s3://{bucket}/run/dead_letter/batch-00002.parquet"
         with pytest.raises(StateConflict), publish_dead_letters(self._dead(), uri):
             raise StateConflict("lost the race")
-        with publish_dead_letters(dead_letter_frame([], pl.Int64), uri) as facts:
+        with publish_dead_letters(dead_letter_frame([], pl.Int64), uri, retried=False) as facts:
             assert facts is None
         assert s3.make_s3_client().list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+
+    def test_a_retry_without_dead_letters_removes_an_earlier_attempts(self, bucket) -> None:
+        """The folder agrees with the record in S3 too: `errors` and `redrive` read it."""
+        uri = f"s3://{bucket}/run/dead_letter/batch-00003.parquet"
+        with publish_dead_letters(self._dead(), uri, retried=False):
+            pass  # attempt 1 dead-letters item 7, then fails (say, its commit is lost)
+        client = s3.make_s3_client()
+        assert client.list_objects_v2(Bucket=bucket).get("KeyCount") == 1
+        with publish_dead_letters(dead_letter_frame([], pl.Int64), uri, retried=True) as facts:
+            assert facts is None  # attempt 2: item 7 succeeds this time
+        assert client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
 
 
 class TestDeadLetterFrame:

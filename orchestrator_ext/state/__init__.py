@@ -14,7 +14,7 @@ Besides the tasks, a run has *facts*: named values recorded once (``claim_fact``
 writer wins, later ones read its value), e.g. the run's output schema. A re-partition
 forgets them (``start_plan``).
 
-The records themselves (row, transition, lease, write) are in ``state.records``, re-exported
+The records themselves (row, transition, attempt, write) are in ``state.records``, re-exported
 here; a task's kind comes from ``orchestrator_ext.task``.
 """
 
@@ -143,8 +143,8 @@ class StateStore(abc.ABC):
     ) -> Attempt:
         """Take the task for a new attempt (attempt = previous + 1, status RUNNING).
 
-        A later attempt always wins the lease; an earlier one still running finds out when
-        it tries to commit. Returns the lease to pass to ``succeed``/``fail``.
+        A later attempt always wins the task; an earlier one still running finds out when
+        it tries to commit. Returns the ``Attempt`` to pass to ``succeed``/``fail``.
         """
         from orchestrator_ext.errors import StateConflict
 
@@ -192,30 +192,30 @@ class StateStore(abc.ABC):
         """
         from orchestrator_ext.errors import Category, StateConflict, classify, describe
 
-        lease = self.begin_attempt(task_id, host, os.environ.get("SLURM_JOB_ID"))
+        attempt = self.begin_attempt(task_id, host, os.environ.get("SLURM_JOB_ID"))
         try:
-            yield lease
+            yield attempt
         except StateConflict:
             raise
         except BaseException as exc:
             category = classify(exc)
             with contextlib.suppress(StateConflict):
                 self.fail(
-                    lease, str(category), type(exc).__name__, describe(exc),
+                    attempt, str(category), type(exc).__name__, describe(exc),
                     retryable=category is not Category.PERMANENT,
                 )  # fmt: skip
             raise
 
-    def _held(self, lease: Attempt, action: str) -> TaskRecord:
-        """The row, if ``lease`` still holds it; else StateConflict naming the winner."""
+    def _held(self, attempt: Attempt, action: str) -> TaskRecord:
+        """The row, if ``attempt`` still holds it; else StateConflict naming the winner."""
         from orchestrator_ext.errors import StateConflict
 
-        record = self.get(lease.task_id)
+        record = self.get(attempt.task_id)
         if record is None:
-            raise StateConflict(f"task {lease.task_id}: no state row; cannot {action}")
-        if record.attempt != lease.attempt or record.status != TaskStatus.RUNNING:
+            raise StateConflict(f"task {attempt.task_id}: no state row; cannot {action}")
+        if record.attempt != attempt.attempt or record.status != TaskStatus.RUNNING:
             raise StateConflict(
-                f"task {lease.task_id}: attempt {lease.attempt} lost the race and cannot "
+                f"task {attempt.task_id}: attempt {attempt.attempt} lost the race and cannot "
                 f"{action}; attempt {record.attempt} holds it with status {record.status}"
             )
         return record
@@ -240,18 +240,18 @@ class StateStore(abc.ABC):
 
     def succeed(
         self,
-        lease: Attempt,
+        attempt: Attempt,
         output_sha256: str | None,
         items: int | None = None,
         items_done: int | None = None,
         items_dead: int | None = None,
     ) -> None:
-        """Commit the task as SUCCEEDED; only the attempt holding the lease can.
+        """Commit the task as SUCCEEDED; only the attempt holding the task can.
 
         Raises:
             StateConflict: another attempt holds the task (this one lost the race).
         """
-        record = self._held(lease, "commit")
+        record = self._held(attempt, "commit")
         at = now_iso()
         changes = {
             "status": str(TaskStatus.SUCCEEDED),
@@ -262,19 +262,19 @@ class StateStore(abc.ABC):
             "items_dead": items_dead,
         }
         transition = Transition(
-            lease.task_id,
+            attempt.task_id,
             "RUNNING",
             "SUCCEEDED",
-            lease.attempt,
+            attempt.attempt,
             at,
             record.host,
             record.slurm_job_id,
         )
-        self._update(lease.task_id, record.version, changes, transition)
+        self._update(attempt.task_id, record.version, changes, transition)
 
     def fail(
         self,
-        lease: Attempt,
+        attempt: Attempt,
         category: str,
         error_type: str,
         message: str,
@@ -285,7 +285,7 @@ class StateStore(abc.ABC):
         Raises:
             StateConflict: another attempt holds the task.
         """
-        record = self._held(lease, "record its failure")
+        record = self._held(attempt, "record its failure")
         status = TaskStatus.FAILED if retryable else TaskStatus.DEAD
         self._record_failure(record, status, category, error_type, message)
 
@@ -351,7 +351,7 @@ class StateStore(abc.ABC):
         Tasks of the plan that already have a row (from an earlier plan) start over as
         PENDING with the new item count; rows the plan does not name become SUPERSEDED;
         new tasks get PENDING rows. Attempt numbers are kept, so an attempt of the old plan
-        still running can never commit (its lease no longer holds). Every change is one
+        still running can never commit (its attempt no longer holds the task). Every change is one
         conditional write with a transition in the audit log. The facts of the old plan
         (``PLAN_FACTS``: the recorded output schema) are forgotten last.
 

@@ -1,5 +1,5 @@
 """What the state store holds: a task's row (``TaskRecord``), an entry of the audit log
-(``Transition``), the lease of one attempt (``Attempt``) and one conditional write
+(``Transition``), one attempt's hold on a task (``Attempt``) and one conditional write
 (``RowUpdate``). Plain data, shared by the store's interface and its backends."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class TaskStatus(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Attempt:
-    """The lease one attempt holds on a task; needed to commit or fail it."""
+    """One attempt's hold on a task: needed to commit or fail it."""
 
     task_id: str
     attempt: int
