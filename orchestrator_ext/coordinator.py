@@ -343,3 +343,10 @@ def break_lease(run: LeaseTarget) -> dict[str, Any] | None:
     """Remove the lease whoever holds it (``orchestrator unlock``); return what it held."""
     with _opened(run) as backend:
         return backend.remove(None)
+
+
+def render_unlock(run_id: str, removed: dict[str, Any] | None) -> str:
+    """Whose coordinator lease ``unlock`` removed, or that there was none."""
+    if removed:
+        return f"removed the lease of {describe_holder(removed)}"
+    return f"run {run_id} has no coordinator lease"

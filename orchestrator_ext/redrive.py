@@ -249,3 +249,13 @@ def _append_link(files: Location, uri: str, link: dict[str, Any]) -> list[dict[s
     data.setdefault("redriven_to", []).append(link)
     files.write_json(uri, data)
     return data["redriven_to"]
+
+
+def render_redrive(plan: RedrivePlan) -> str:
+    """What ``redrive`` wrote, by category, and the command that runs it."""
+    categories = ", ".join(f"{n} {c}" for c, n in plan.by_category.items())
+    return (
+        f"wrote {plan.config} for run {plan.run_id}: {plan.items} items ({categories}) in "
+        f"{plan.items_file}\nfix the cause, then: snakemake --profile profiles/local "
+        f"--configfile {plan.config}"
+    )

@@ -560,3 +560,11 @@ def _store_problems(
         )
     check_count(partition, "items", plan_uri, "plan", "items", plan.get("items"))
     return problems
+
+
+def render_verified(manifest_path: str) -> str:
+    """The line ``manifest verify`` prints when it found no problem."""
+    return (
+        f"ok: every file listed in {manifest_path} matches its sha256 and the state store, "
+        "and the plan's items are conserved"
+    )

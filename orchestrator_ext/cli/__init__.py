@@ -18,8 +18,10 @@ Where each part lives:
 - ``operate``: the bodies of ``redrive``, ``unlock``, ``init``, ``manifest verify``,
   ``iam-policy`` and ``example-data``.
 - Renderers sit beside their data: ``status.render_status``, ``cost.render_cost``,
-  ``history_view`` (failed tasks, dead letters, audit lines); ``render`` here holds the text
-  of the commands whose module has none.
+  ``history_view`` (failed tasks, dead letters, audit lines), ``redrive.render_redrive``,
+  ``verify.render_verified``, ``coordinator.render_unlock``,
+  ``report.write.render_report_written``; ``init``, which has no data module, renders in
+  ``operate``.
 """
 
 from __future__ import annotations

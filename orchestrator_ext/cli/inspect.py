@@ -108,8 +108,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the run's HTML dashboard."""
-    from orchestrator_ext.cli.render import render_report_written
     from orchestrator_ext.report import PLOT_IDS, write_report_html
+    from orchestrator_ext.report.write import render_report_written
 
     config = load_cli_config(args)
     output = args.output or (

@@ -2,7 +2,7 @@
 ``manifest verify``, ``iam-policy`` and ``example-data``.
 
 Each resolves the run (``run_config``), calls the package and prints the result through
-``render`` (or as JSON with ``--json``).
+the renderer beside its data (or as JSON with ``--json``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 import sys
 from typing import Any
 
-from orchestrator_ext.cli import render
 from orchestrator_ext.cli.exit_codes import EXIT_VERIFY_FAILED
 from orchestrator_ext.cli.run_config import load_cli_config, open_run_store
 from orchestrator_ext.config import RunConfig
@@ -21,28 +20,28 @@ from orchestrator_ext.location import is_remote
 
 def cmd_redrive(args: argparse.Namespace) -> int:
     """Write a new run config over the dead-lettered items of a finished run."""
-    from orchestrator_ext.redrive import redrive
+    from orchestrator_ext.redrive import redrive, render_redrive
 
     config = load_cli_config(args)
     plan = redrive(config, args.out, args.run_id, args.items_out, args.category)
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2, sort_keys=True))
     else:
-        print(render.render_redrive(plan))
+        print(render_redrive(plan))
     return 0
 
 
 def cmd_unlock(args: argparse.Namespace) -> int:
     """Break the run's coordinator lease (after its coordinator died on another host),
     where it lives: the run folder's ``.coordinator.json``, or the state table's row."""
-    from orchestrator_ext.coordinator import break_lease
+    from orchestrator_ext.coordinator import break_lease, render_unlock
 
     config = load_cli_config(args)
     held = break_lease(config)
     if args.json:
         print(json.dumps({"run_id": config.run_id, "removed": held}))
     else:
-        print(render.render_unlock(config.run_id, held))
+        print(render_unlock(config.run_id, held))
     return 0
 
 
@@ -53,7 +52,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
-        for line in render.render_init(report):
+        for line in render_init(report):
             print(line)
     return 0
 
@@ -89,7 +88,7 @@ def cmd_manifest_verify(args: argparse.Namespace) -> int:
     """Re-hash every file the manifest lists; cross-check it against the state store and
     recompute item conservation from the plan and the batch records (``verify_run``)."""
     from orchestrator_ext.layout import RunLayout
-    from orchestrator_ext.verify import verify_run
+    from orchestrator_ext.verify import render_verified, verify_run
 
     config = load_cli_config(args)
     # For a run in S3 this is an s3:// URI: the objects are hashed as they stream from S3.
@@ -101,7 +100,7 @@ def cmd_manifest_verify(args: argparse.Namespace) -> int:
         for problem in problems:
             print(problem, file=sys.stderr)
     else:
-        print(render.render_verified(manifest_path))
+        print(render_verified(manifest_path))
     return EXIT_VERIFY_FAILED if problems else 0
 
 
@@ -128,3 +127,25 @@ def cmd_example_data(args: argparse.Namespace) -> int:
     path = write_records(args.out, args.items, args.seed)
     print(f"wrote {args.items} records to {path}")
     return 0
+
+
+def render_init(report: dict[str, Any]) -> list[str]:
+    """Lines for what ``init`` set up: the state table, the bucket, or the SQLite note.
+
+    Args:
+        report: ``init``'s JSON report (keys ``table``, ``bucket`` and ``state``, each
+            present only when it applies).
+    """
+    lines = []
+    if "table" in report:
+        verb = "created" if report["table"]["created"] else "exists"
+        lines.append(f"state table {report['table']['name']}: {verb} (on-demand capacity)")
+    if "bucket" in report:
+        encryption = report["bucket"]["default_encryption"]
+        lines.append(
+            f"bucket {report['bucket']['name']}: reachable; default encryption: "
+            f"{encryption or 'NONE -- enable SSE-S3 or SSE-KMS default encryption'}"
+        )
+    if "state" in report:
+        lines.append(f"state: {report['state']}")
+    return lines

@@ -89,3 +89,8 @@ def write_dashboard(config: RunConfig, store: StateStore, path: str) -> Path:
         ``path``.
     """
     return write_report_html(config, path, store=store)
+
+
+def render_report_written(path: str, size: int) -> str:
+    """Where the HTML dashboard went and how big it is."""
+    return f"wrote {path} ({size / 1e6:.1f} MB): open it in a browser; it needs no network"

@@ -1,15 +1,12 @@
-"""Unit tests for orchestrator_ext.cli.render: the text of report, redrive, verify, init, unlock."""
+"""The text of report, redrive, verify, init and unlock, each rendered beside its data."""
 
 from __future__ import annotations
 
-from orchestrator_ext.cli.render import (
-    render_init,
-    render_redrive,
-    render_report_written,
-    render_unlock,
-    render_verified,
-)
-from orchestrator_ext.redrive import RedrivePlan
+from orchestrator_ext.cli.operate import render_init
+from orchestrator_ext.coordinator import render_unlock
+from orchestrator_ext.redrive import RedrivePlan, render_redrive
+from orchestrator_ext.report.write import render_report_written
+from orchestrator_ext.verify import render_verified
 
 
 class TestRenderReportWritten:
