@@ -67,6 +67,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/merge_memory.py
 	$(BIN)/python bench/requests.py
 	$(BIN)/python bench/slurm.py
+	$(BIN)/python bench/workers.py
 	$(BIN)/python bench/plot.py
 
 clean:

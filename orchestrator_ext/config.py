@@ -69,6 +69,17 @@ class JobSpec:
     output_schema: dict[str, str] | None = None
     #: ``any``, or ``per_item``: exactly one output row per processed item, with its id.
     rows: str = "any"
+    #: Calls at once in a batch job (item mode: items on a pool; batch mode: ctx.workers
+    #: and polars' threads); the cores Snakemake reserves and Slurm gets (``threads``).
+    workers: int = 1
+    #: ``process`` (CPU-bound Python) or ``thread`` (calls that wait); item mode.
+    pool: str = "process"
+
+    @property
+    def cores(self) -> int:
+        """Cores a batch job needs: one per worker, but one for a pool of threads that
+        wait (item mode, ``pool: thread``): they share it."""
+        return 1 if self.mode == "item" and self.pool == "thread" else self.workers
 
 
 @dataclass(frozen=True)

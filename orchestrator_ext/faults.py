@@ -18,7 +18,7 @@ the same faults. The kinds (config keys):
   retry mode has to absorb them.
 
 ``FaultInjector`` is built per batch attempt by ``process.process_batch``; the hooks are
-``before_step`` (oom, kill), ``wrap_item`` and ``wrap_batch`` (transient, permanent).
+``before_step`` (oom, kill), ``item_fault`` and ``wrap_batch`` (transient, permanent).
 """
 
 from __future__ import annotations
@@ -117,20 +117,16 @@ class FaultInjector:
             sys.stderr.flush()
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def wrap_item(self, fn: Callable[..., Any], id_column: str) -> Callable[..., Any]:
-        """``fn`` (an item-mode job) with the transient and permanent item faults in front."""
+    def item_fault(self, item_id: Any) -> Exception | None:
+        """The error an injected fault makes this call on ``item_id`` raise, or None: always
+        for a permanent item, the first time only for a transient one."""
         if not self.active:
-            return fn
-
-        def call(item: dict[str, Any], ctx: Any) -> Any:
-            item_id = item[id_column]
-            if self.is_permanent(item_id):
-                raise PermanentError(f"fault injection: item {item_id} fails permanently")
-            if self._fire_once(("item", str(item_id))):
-                raise TransientError(f"fault injection: transient error on item {item_id}")
-            return fn(item, ctx)
-
-        return call
+            return None
+        if self.is_permanent(item_id):
+            return PermanentError(f"fault injection: item {item_id} fails permanently")
+        if self._fire_once(("item", str(item_id))):
+            return TransientError(f"fault injection: transient error on item {item_id}")
+        return None
 
     def wrap_batch(self, fn: Callable[..., Any], id_column: str) -> Callable[..., Any]:
         """``fn`` (a batch-mode job) failing permanently when its slice holds a permanent

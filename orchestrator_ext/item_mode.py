@@ -1,24 +1,35 @@
 """Item mode (``job.mode: item``): the job is called once per item and returns its rows.
 
-A permanent failure dead-letters the item and the batch goes on; a transient one is retried
-in place (``retry``) and dead-lettered if it outlives its retries; a resource error
-(MemoryError) aborts the batch, so that it is resubmitted with more memory. The rows are
-built into one frame whose input columns get the input's dtypes back, exactly
+A permanent failure dead-letters the item and the batch goes on; a resource error
+(MemoryError) aborts the batch, so that it is resubmitted with more memory. A transient
+failure does not hold the batch up: the item is set aside and the pass goes on; the items
+set aside are retried together in rounds after the pass, one full-jitter backoff per round
+(the ``retry`` schedule: round ``k`` waits up to ``initial_delay_s * 2**(k-1)``, at most
+``max_delay_s``), until each succeeds, fails otherwise, or has had ``retry.max_attempts``
+calls; then it is dead-lettered with its last error. Calls run on ``job.workers`` workers
+(``workers.ItemCalls``); results and dead letters are assembled in input order, so the
+outcome does not depend on the workers or on the order retries succeed in.
+
+The rows are built into one frame whose input columns get the input's dtypes back, exactly
 (``output_schema.with_input_dtypes``), so every batch has one schema.
 """
 
 from __future__ import annotations
 
+import logging
+import random
 import time
 from typing import Any
 
 import polars as pl
 
 from orchestrator_ext.dead_letter import dead_letter
-from orchestrator_ext.errors import Category, SchemaMismatch, classify
+from orchestrator_ext.errors import Category, SchemaMismatch, classify, describe
 from orchestrator_ext.output_schema import with_input_dtypes
-from orchestrator_ext.retry import RetryingCall
 from orchestrator_ext.runner import BatchOutcome, JobCall, kind_of, short_repr
+from orchestrator_ext.workers import Called, ItemCalls
+
+logger = logging.getLogger(__name__)
 
 
 def run_item_mode(
@@ -28,10 +39,11 @@ def run_item_mode(
 
     Args:
         items: the items (the batch, or a slice of it).
-        call: the job and how to call it.
+        call: the job and how to call it (``call.items``: its workers; one if None).
         start: position of ``items``' first row in the batch (for ``call.faults``).
-        deadline: ``time.monotonic()`` value after which to stop (at least one item is
-            done); ``items_done`` of the outcome says how far it got.
+        deadline: ``time.monotonic()`` value after which to stop starting items (at
+            least one is done); ``items_done`` of the outcome says how far it got. The
+            items started are finished, their retries included.
 
     A return other than a dict (one row), a list of dicts or None (no row) dead-letters
     the item as a permanent ``TypeError``.
@@ -40,30 +52,73 @@ def run_item_mode(
         MemoryError: a resource error aborts the batch (it is retried with more memory).
         SchemaMismatch: two items returned values of different types under one key.
     """
-    ctx, id_column, faults = call.ctx, call.id_column, call.faults
+    calls = call.items or ItemCalls(call.fn, call.ctx, call.id_column, call.faults)
+    batch = items.rows(named=True)
+    outcomes: list[Called] = []
+    while len(outcomes) < len(batch):
+        if outcomes and deadline is not None and time.monotonic() >= deadline:
+            break
+        wave = batch[len(outcomes) : len(outcomes) + calls.wave]
+        if call.faults:
+            for offset in range(len(wave)):
+                call.faults.before_step(start + len(outcomes) + offset)
+        outcomes += _checked(calls.map(wave))
+    _retry_transient(batch, outcomes, calls, call)
+    return _assemble(batch[: len(outcomes)], outcomes, call, items.schema)
+
+
+def _checked(results: list[Called]) -> list[Called]:
+    """``results``, after raising the first resource error among them (it aborts the batch)."""
+    for result in results:
+        if result.error is not None and classify(result.error) is Category.RESOURCE:
+            raise result.error
+    return results
+
+
+def _is_transient(result: Called) -> bool:
+    return result.error is not None and classify(result.error) is Category.TRANSIENT
+
+
+def _retry_transient(
+    batch: list[dict[str, Any]], outcomes: list[Called], calls: ItemCalls, call: JobCall
+) -> None:
+    """Retry the transiently failed items of ``outcomes`` in rounds, in place."""
+    spec = call.retry
+    pending = [i for i, result in enumerate(outcomes) if _is_transient(result)]
+    tries = 1
+    while pending and tries < spec.max_attempts:
+        # One full-jitter wait for the whole round, as the tries of one item would wait.
+        delay = random.uniform(0, min(spec.initial_delay_s * 2 ** (tries - 1), spec.max_delay_s))
+        example = outcomes[pending[0]].error or Exception()
+        logger.info(
+            "batch %s: %d items failed transiently (e.g. %s); retry round %d in %.2f s",
+            call.ctx.batch_id, len(pending), describe(example), tries, delay,
+        )  # fmt: skip
+        time.sleep(delay)
+        for i, result in zip(
+            pending, _checked(calls.map([batch[i] for i in pending])), strict=True
+        ):
+            outcomes[i] = result
+        tries += 1
+        pending = [i for i in pending if _is_transient(outcomes[i])]
+
+
+def _assemble(
+    batch: list[dict[str, Any]], outcomes: list[Called], call: JobCall, schema: pl.Schema
+) -> BatchOutcome:
+    """The rows and dead letters of the items worked through, in input order."""
+    ctx, id_column = call.ctx, call.id_column
     rows: list[dict[str, Any]] = []
     dead: list[dict[str, Any]] = []
-    policy = RetryingCall(call.retry)
-    fn = faults.wrap_item(call.fn, id_column) if faults else call.fn
-    done = 0
     # key -> (Python type, item id, value) of its first non-None value: polars would make
     # a String column of ints and strs, so a second type is the batch's error instead.
     kinds: dict[str, tuple[type, Any, Any]] = {}
-    for item in items.iter_rows(named=True):
-        if done and deadline is not None and time.monotonic() >= deadline:
-            break
-        if faults:
-            faults.before_step(start + done)
-        done += 1
-        try:
-            produced = policy(fn, item, ctx)
-        except Exception as exc:
-            if classify(exc) is Category.RESOURCE:
-                raise
-            dead.append(dead_letter(item[id_column], exc, ctx.attempt))
+    for item, called in zip(batch, outcomes, strict=True):
+        if called.error is not None:
+            dead.append(dead_letter(item[id_column], called.error, ctx.attempt))
             continue
         try:
-            produced_rows = item_rows(produced)
+            produced_rows = item_rows(called.value)
         except TypeError as exc:
             # The job's code is wrong for this item, whatever the config's error rules say
             # about TypeError: retrying returns the same, so it is permanent.
@@ -76,8 +131,8 @@ def run_item_mode(
     # polars infers a dtype from the Python values of this batch alone (a UInt64 id comes
     # back Int64, or Int128 when above 2**63-1, which pyarrow cannot read at the merge):
     # a returned input column gets the input's dtype back, so every batch has one schema.
-    result = with_input_dtypes(result, items.schema, id_column, f"batch {ctx.batch_id}: result")
-    return BatchOutcome(result, dead, done)
+    result = with_input_dtypes(result, schema, id_column, f"batch {ctx.batch_id}: result")
+    return BatchOutcome(result, dead, len(batch))
 
 
 def _check_kinds(

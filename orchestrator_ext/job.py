@@ -38,6 +38,8 @@ class JobContext:
         params: ``job.params`` from the config.
         logger: a logger writing to the task's log file.
         scratch_dir: a private temporary folder, removed when the task ends.
+        workers: ``job.workers``: the cores (and polars threads) the job has; in item mode,
+            how many items are called at once.
     """
 
     run_id: str
@@ -46,11 +48,12 @@ class JobContext:
     params: dict[str, Any] = field(default_factory=dict)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("orchestrator.job"))
     scratch_dir: Path = field(default_factory=Path)
+    workers: int = 1
 
 
 @contextlib.contextmanager
 def job_context(
-    run_id: str, task: str, attempt: int, params: dict[str, Any]
+    run_id: str, task: str, attempt: int, params: dict[str, Any], workers: int = 1
 ) -> Iterator[JobContext]:
     """A ``JobContext`` whose scratch folder exists for the duration of the block."""
     with tempfile.TemporaryDirectory(prefix=f"orchestrator-{task}-") as scratch:
@@ -61,6 +64,7 @@ def job_context(
             params=dict(params),
             logger=logging.getLogger(f"orchestrator.job.{task}"),
             scratch_dir=Path(scratch),
+            workers=workers,
         )
 
 

@@ -60,6 +60,7 @@ from orchestrator_ext.runner import BatchOutcome, JobCall
 from orchestrator_ext.state import Attempt, StateStore, current_host
 from orchestrator_ext.storage import atomic_path, file_facts, read_json, verify_checksum, write_json
 from orchestrator_ext.task import batch_id
+from orchestrator_ext.workers import ItemCalls
 
 logger = logging.getLogger(__name__)
 
@@ -170,11 +171,15 @@ def _run_job(
     """The job's outcome over the batch: in chunks when they are configured, else whole."""
     fn = load_callable(config.job.function)
     faults = injector_for(config.faults, batch, attempt.attempt)
-    with job_context(config.run_id, batch, attempt.attempt, config.job.params) as ctx:
-        call = JobCall(fn, ctx, config.input.id_column, config.retry, faults)
+    job = config.job
+    with (
+        job_context(config.run_id, batch, attempt.attempt, job.params, job.workers) as ctx,
+        ItemCalls(fn, ctx, config.input.id_column, faults, job.workers, job.pool) as items_on,
+    ):
+        call = JobCall(fn, ctx, config.input.id_column, config.retry, faults, items_on)
         if chunks is not None:
             return _run_in_chunks(config, store, attempt, items, call, chunks)
-        if config.job.mode == "item":
+        if job.mode == "item":
             return run_item_mode(items, call)
         return run_batch_mode(items, call, max_dead_fraction=config.max_dead_letter_fraction)
 

@@ -1,7 +1,9 @@
 """In-job retry of transient errors: exponential backoff with full jitter (tenacity).
 
-``transient_retrying`` is the policy; ``RetryingCall`` applies it to job calls without
-entering tenacity on the first attempt. Only errors ``errors.classify`` calls transient are
+``transient_retrying`` is the policy; ``RetryingCall`` applies it to batch-mode job calls
+without entering tenacity on the first attempt. Item mode does not retry in place: it
+retries its transiently failed items together, in rounds after the pass, on the same
+schedule (``item_mode``). Only errors ``errors.classify`` calls transient are
 retried; the rest propagate at once.
 """
 

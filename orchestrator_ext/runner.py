@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from orchestrator_ext.config import RetrySpec
     from orchestrator_ext.faults import FaultInjector
     from orchestrator_ext.job import JobContext
+    from orchestrator_ext.workers import ItemCalls
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class JobCall:
         id_column: the items' id column (``input.id_column``).
         retry: the in-job retry of transient errors.
         faults: injected faults, if enabled.
+        items: item mode's calls on ``job.workers`` workers (None: one, in this thread).
     """
 
     fn: Callable[..., Any]
@@ -33,6 +35,7 @@ class JobCall:
     id_column: str
     retry: RetrySpec
     faults: FaultInjector | None = None
+    items: ItemCalls | None = None
 
 
 @dataclass

@@ -14,6 +14,8 @@ rule process_batch:
         LAYOUT.job_log("process_batch"),
     conda:
         "../environment.yml"
+    # job.workers: the cores the job uses (Slurm: cpus-per-task); polars sized to them.
+    threads: RUN.job.cores
     resources:
         mem_mb=get_mem_mb,
         runtime=get_runtime,
@@ -26,7 +28,7 @@ rule process_batch:
         # The config travels in a 0600 file, never on the command line (job_config_file).
         config=lambda wildcards: ox.CommandArgument(ox.job_config_file(RUN)),
     shell:
-        "{params.python} -m orchestrator_ext.jobstep process-batch"
+        "POLARS_MAX_THREADS={threads} {params.python} -m orchestrator_ext.jobstep process-batch"
         " --batch {wildcards.batch} --batch-file {input.batch:q} --plan-file {input.plan:q}"
         " --result {output.result:q} --record {output.record:q} --log {log:q}"
         " --config-file {params.config:q} >> {log:q} 2>&1"

@@ -95,6 +95,19 @@ def flaky_item(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     return {"id": item["id"], "doubled": item["value"] * 2}
 
 
+def transient_item(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Item mode, counting each item's calls in ``params.calls/<id>`` (any process):
+    ``params.always`` ids fail transiently on every call, every other id on its first
+    ``params.first`` calls (default 0)."""
+    calls_file = Path(ctx.params["calls"]) / str(item["id"])
+    with open(calls_file, "a") as handle:
+        handle.write("x")
+    calls = len(calls_file.read_text())
+    if item["id"] in ctx.params.get("always", []) or calls <= ctx.params.get("first", 0):
+        raise TransientError(f"connection reset (item {item['id']}, call {calls})")
+    return {"id": item["id"], "doubled": item["value"] * 2}
+
+
 def fan_out_item(item: dict[str, Any], ctx: JobContext) -> list[dict[str, Any]] | None:
     """Item mode: no row for even ids, two rows for odd ids."""
     if item["id"] % 2 == 0:
@@ -216,3 +229,34 @@ def run_in_process(config: RunConfig, store: StateStore) -> dict[str, Any]:
         config, store, layout.plan, [layout.result_record(i) for i in range(n)],
         merge_records, layout.final_record, layout.manifest,
     )  # fmt: skip
+
+
+class Unpicklable(Exception):
+    """An exception whose constructor takes two arguments: it does not unpickle."""
+
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(f"{a}/{b}")
+
+
+def raise_unpicklable(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Item mode: raises an exception that a process pool cannot send back as itself."""
+    raise Unpicklable("a", "b")
+
+
+def return_lambda(item: dict[str, Any], ctx: JobContext) -> Any:
+    """Item mode: returns what pickle cannot carry back from a process worker."""
+    return lambda: item
+
+
+def exit_worker(item: dict[str, Any], ctx: JobContext) -> Any:
+    """Item mode: ends the process it runs in at once, as the OOM killer would."""
+    import os
+
+    os._exit(137)
+
+
+def workers_batch(batch: pl.DataFrame, ctx: JobContext) -> pl.DataFrame:
+    """Batch mode: each row with the ``ctx.workers`` and polars thread-pool size it ran with."""
+    return batch.select("id").with_columns(
+        pl.lit(ctx.workers).alias("workers"), pl.lit(pl.thread_pool_size()).alias("polars")
+    )

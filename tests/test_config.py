@@ -6,6 +6,7 @@ import copy
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -427,3 +428,34 @@ class TestOutputContractConfig:
             "invalid config: job.rows is 'per_item' but job.output_schema has no column 'id' "
             "(input.id_column): every output row carries its item's id"
         )
+
+
+class TestWorkers:
+    def test_defaults_one_worker_process_pool(self) -> None:
+        job = load_config(copy.deepcopy(MINIMAL)).job
+        assert (job.workers, job.pool, job.cores) == (1, "process", 1)
+
+    @pytest.mark.parametrize(
+        ("job", "cores"),
+        [
+            ({"workers": 4}, 4),
+            ({"workers": 4, "mode": "item", "pool": "process"}, 4),
+            ({"workers": 32, "mode": "item", "pool": "thread"}, 1),
+            ({"workers": 3, "mode": "batch", "pool": "thread"}, 3),
+        ],
+    )
+    def test_cores_reserved(self, job: dict[str, Any], cores: int) -> None:
+        raw = copy.deepcopy(MINIMAL)
+        raw["job"].update(job)
+        assert load_config(raw).job.cores == cores
+
+    @pytest.mark.parametrize(
+        ("job", "message"),
+        [({"workers": 0}, "job.workers"), ({"pool": "fiber"}, "job.pool"),
+         ({"workers": 1.5}, "job.workers")],
+    )  # fmt: skip
+    def test_bad_values_are_one_line(self, job: dict[str, Any], message: str) -> None:
+        raw = copy.deepcopy(MINIMAL)
+        raw["job"].update(job)
+        with pytest.raises(ConfigError, match=message):
+            load_config(raw)

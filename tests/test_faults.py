@@ -46,14 +46,7 @@ def echo_batch(batch: pl.DataFrame, ctx: JobContext) -> pl.DataFrame:
 
 def fired(injector: FaultInjector, ids: range) -> list[int]:
     """Ids whose first call raised a transient error."""
-    call = injector.wrap_item(echo, "id")
-    out = []
-    for i in ids:
-        try:
-            call({"id": i}, CTX)
-        except TransientError:
-            out.append(i)
-    return out
+    return [i for i in ids if isinstance(injector.item_fault(i), TransientError)]
 
 
 class TestConfig:
@@ -105,7 +98,7 @@ class TestInert:
             0,
         )
         assert not injector.active
-        assert injector.wrap_item(echo, "id") is echo
+        assert injector.item_fault(1) is None
         assert injector.wrap_batch(echo_batch, "id") is echo_batch
         injector.before_step(0, 100)  # neither raises nor kills
         assert not injector.is_permanent(1)
@@ -140,13 +133,11 @@ class TestItemFaults:
 
     def test_permanent_ids_always_fail(self) -> None:
         injector = FaultInjector(spec(permanent_ids=(17, "4242")), 0)
-        call = injector.wrap_item(echo, "id")
         for _ in range(3):
-            with pytest.raises(PermanentError, match="item 17"):
-                call({"id": 17}, CTX)
-        with pytest.raises(PermanentError):
-            call({"id": 4242}, CTX)
-        assert call({"id": 18}, CTX) == {"id": 18, "x": 36}
+            fault = injector.item_fault(17)
+            assert isinstance(fault, PermanentError) and "item 17" in str(fault)
+        assert isinstance(injector.item_fault(4242), PermanentError)
+        assert injector.item_fault(18) is None
 
     def test_permanent_ids_are_dead_lettered_transients_are_not(self) -> None:
         injector = FaultInjector(spec(seed=5, transient_rate=0.2, permanent_ids=(3, 11)), 0)

@@ -22,7 +22,14 @@ from orchestrator_ext.job import (
     load_callable,
     resolve_job,
 )
-from orchestrator_ext.jobs import checksum, grouped_stats, hash_chain, text_metrics, word_count
+from orchestrator_ext.jobs import (
+    checksum,
+    grouped_stats,
+    hash_chain,
+    text_metrics,
+    wait,
+    word_count,
+)
 
 
 def ctx(**params: object) -> JobContext:
@@ -177,6 +184,15 @@ class TestHashChain:
         row = hash_chain.hash_chain_item({"id": 7}, ctx)
         assert row == {"id": 7, "digest": hash_chain.hash_chain(7, rounds=5)}
         assert row["digest"] != hash_chain.hash_chain(7, rounds=4)
+
+
+class TestWait:
+    def test_waits_and_names_the_item(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        waited: list[float] = []
+        monkeypatch.setattr(wait.time, "sleep", waited.append)
+        ctx = JobContext(run_id="r", batch_id="00000", attempt=1, params={"wait_s": 0.25})
+        assert wait.wait_item({"id": "a7"}, ctx) == {"id": "a7", "waited_s": 0.25}
+        assert waited == [0.25]
 
 
 class TestLoadCallable:

@@ -298,19 +298,22 @@ class TestProcessBatchItemMode:
     def test_transient_retried_then_dead_lettered_as_transient(
         self, run_batch, tmp_path: Path
     ) -> None:
-        counter = tmp_path / "calls"
+        calls = tmp_path / "calls"
+        calls.mkdir()
         record, paths = run_batch(
             4,
             {
-                "function": jobs.module_ref("flaky_item"),
+                "function": jobs.module_ref("transient_item"),
                 "mode": "item",
-                "params": {"counter": str(counter), "fail_times": 3},
+                "params": {"calls": str(calls), "always": [0], "first": 1},
             },
             retry={"max_attempts": 3, "initial_delay_s": 0.001, "max_delay_s": 0.005},
             tolerance={"max_dead_letter_fraction": 0.25},
         )
-        # Item 0 used up its three calls; items 1-3 succeed on calls 4-6.
-        assert counter.read_text() == "6"
+        # Item 0 used up its three calls; items 1-3 failed once and succeeded on retry.
+        assert {p.name: len(p.read_text()) for p in calls.iterdir()} == {
+            "0": 3, "1": 2, "2": 2, "3": 2,
+        }  # fmt: skip
         dead = pl.read_parquet(paths["dead_letter_file"])
         assert dead.select("id", "category", "error_type").to_dicts() == [
             {"id": 0, "category": "transient", "error_type": "TransientError"}
@@ -780,3 +783,31 @@ def run_batch_and_check(fn: Callable[..., Any], n_items: int) -> None:
     items = pl.DataFrame({"id": list(range(n_items))})
     outcome = run_batch_mode(items, JobCall(fn, ctx, "id", RetrySpec()))
     check_rows_per_item("00000", items, outcome.result, outcome.dead, "id")
+
+
+class TestWorkers:
+    """job.workers / job.pool through process_batch: the record and result of one worker."""
+
+    @pytest.mark.parametrize("pool", ["process", "thread"])
+    def test_item_mode_on_workers_with_chunks(self, run_batch, tmp_path: Path, pool) -> None:
+        job = {"function": jobs.module_ref("double_item"), "mode": "item",
+               "params": {"bad_ids": [3, 41]}}  # fmt: skip
+        tolerance = {"max_dead_letter_fraction": 0.1}
+        one, paths = run_batch(60, job, tolerance=tolerance)
+        one_result = pl.read_parquet(paths["result_file"])
+        many, paths = run_batch(
+            60, {**job, "workers": 2, "pool": pool}, tolerance=tolerance,
+            chunks={"every_items": 25},
+        )  # fmt: skip
+        assert pl.read_parquet(paths["result_file"]).equals(one_result)
+        assert many["sha256"] == one["sha256"]
+        assert many["items_dead_lettered"] == 2 and many["chunks"]["count"] == 3
+        expected = pl.DataFrame({"id": list(range(60))}).filter(~pl.col("id").is_in([3, 41]))
+        assert one_result["id"].to_list() == expected["id"].to_list()
+
+    def test_batch_mode_gets_ctx_workers(self, run_batch) -> None:
+        record, paths = run_batch(
+            5, {"function": jobs.module_ref("workers_batch"), "mode": "batch", "workers": 3}
+        )
+        result = pl.read_parquet(paths["result_file"])
+        assert result["workers"].unique().to_list() == [3]

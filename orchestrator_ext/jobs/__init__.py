@@ -10,4 +10,6 @@
   or unreadable file fails that item alone, which is dead-lettered.
 - ``hash_chain``: concat, item mode; a chain of sha256 rounds per item, pure CPU (the
   workload of ``bench/cpu.py``).
+- ``wait``: concat, item mode; each item waits a fixed time, as an API call does (the
+  I/O-bound workload of ``bench/workers.py``).
 """
