@@ -54,15 +54,9 @@ def run_item_mode(
     """
     calls = call.items or ItemCalls(call.fn, call.ctx, call.id_column, call.faults)
     batch = items.rows(named=True)
-    outcomes: list[Called] = []
-    while len(outcomes) < len(batch):
-        if outcomes and deadline is not None and time.monotonic() >= deadline:
-            break
-        wave = batch[len(outcomes) : len(outcomes) + calls.wave]
-        if call.faults:
-            for offset in range(len(wave)):
-                call.faults.before_step(start + len(outcomes) + offset)
-        outcomes += _checked(calls.map(wave))
+    faults = call.faults
+    before = (lambda position: faults.before_step(start + position)) if faults else None
+    outcomes = _checked(calls.map(batch, deadline, before))
     _retry_transient(batch, outcomes, calls, call)
     return _assemble(batch[: len(outcomes)], outcomes, call, items.schema)
 

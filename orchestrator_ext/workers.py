@@ -16,10 +16,13 @@ deterministic on any pool.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import multiprocessing
 import pickle
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,9 +32,12 @@ if TYPE_CHECKING:
     from orchestrator_ext.faults import FaultInjector
     from orchestrator_ext.job import JobContext
 
-#: Items handed to the pool at once, per worker: enough to keep every worker busy and to
-#: amortize a process pool's pickling; small enough that a chunk's deadline stays close.
-WAVE_PER_WORKER = 16
+#: Seconds of work in one slice handed to a worker: long enough that handing it over (and,
+#: for processes, pickling it both ways) is small beside it; short enough that a chunk's
+#: deadline, checked between slices, stays close. The first slice is one item.
+SLICE_SECONDS = 0.05
+#: Slices in flight per worker: the next is queued while one runs, so no worker waits.
+IN_FLIGHT_PER_WORKER = 2
 
 
 class WorkerError(OrchestratorError):
@@ -70,25 +76,61 @@ def _start_worker(fn: Callable[..., Any], ctx: JobContext) -> None:
     _WORKER_JOB = (fn, ctx)
 
 
-def _call_in_process(item: dict[str, Any]) -> bytes:
-    """``call_one`` in a process worker, pickled here: what cannot be pickled becomes that
-    item's ``WorkerError`` instead of breaking the pool."""
+def _call_in_process(items: list[dict[str, Any]]) -> bytes:
+    """``call_one`` on a slice of items in a process worker, pickled here as one list (one
+    pickle per slice, not per item: the batch's own process has cores to spare for none).
+    What cannot be pickled becomes that item's ``WorkerError`` instead of breaking the pool.
+    """
     assert _WORKER_JOB is not None, "the worker was started without its job"
     fn, ctx = _WORKER_JOB
-    called = call_one(fn, item, ctx)
+    called = [call_one(fn, item, ctx) for item in items]
     try:
         return pickle.dumps(called)
+    except Exception:
+        return pickle.dumps([_picklable(c) for c in called])
+
+
+def _picklable(called: Called) -> Called:
+    try:
+        pickle.dumps(called)
     except Exception as exc:
         what = "its exception" if called.error is not None else "its return value"
-        return pickle.dumps(Called(error=WorkerError(f"{what} cannot be pickled: {exc}")))
+        return Called(error=WorkerError(f"{what} cannot be pickled: {exc}"))
+    return called
 
 
-def _unpickled(data: bytes) -> Called:
+def _call_in_thread(
+    fn: Callable[..., Any], items: list[dict[str, Any]], ctx: JobContext
+) -> list[Called]:
+    return [call_one(fn, item, ctx) for item in items]
+
+
+def _merged(
+    inner: concurrent.futures.Future[Any], faulted: dict[int, Called], n: int, pickled: bool
+) -> concurrent.futures.Future[Any]:
+    """A future of all ``n`` results of a slice: the calls made (``inner``; pickled by a
+    process worker) with the injected faults at their places."""
+    merged: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def done(future: concurrent.futures.Future[Any]) -> None:
+        error = future.exception()
+        if error is not None:
+            merged.set_exception(error)
+            return
+        calls = _unpickled(future.result(), n - len(faulted)) if pickled else future.result()
+        it = iter(calls)
+        merged.set_result([faulted[i] if i in faulted else next(it) for i in range(n)])
+
+    inner.add_done_callback(done)
+    return merged
+
+
+def _unpickled(data: bytes, n: int) -> list[Called]:
     try:
         called = pickle.loads(data)
     except Exception as exc:  # e.g. an exception whose __init__ takes other arguments
-        return Called(error=WorkerError(f"a worker's result cannot be unpickled: {exc}"))
-    return called if isinstance(called, Called) else Called(error=WorkerError(repr(called)))
+        return [Called(error=WorkerError(f"a worker's result cannot be unpickled: {exc}"))] * n
+    return list(called)
 
 
 class ItemCalls:
@@ -116,11 +158,8 @@ class ItemCalls:
         self.workers, self.pool = workers, pool
         self._in_process = workers > 1 and pool == "process"
         self._executor: concurrent.futures.Executor | None = None  # started when first used
-
-    @property
-    def wave(self) -> int:
-        """How many items to hand over at once."""
-        return 1 if self.workers == 1 else self.workers * WAVE_PER_WORKER
+        self._rate: float | None = None  # items per second the pool returns (smoothed)
+        self._last_slice = 1
 
     def _pool(self) -> concurrent.futures.Executor:
         if self._executor is None:
@@ -136,37 +175,94 @@ class ItemCalls:
             )
         return self._executor
 
-    def map(self, items: Sequence[dict[str, Any]]) -> list[Called]:
-        """One ``Called`` per item, in the order of ``items``."""
-        results: list[Called | None] = [None] * len(items)
-        todo: list[int] = []
-        for position, item in enumerate(items):
+    def map(
+        self,
+        items: Sequence[dict[str, Any]],
+        deadline: float | None = None,
+        before: Callable[[int], None] | None = None,
+    ) -> list[Called]:
+        """One ``Called`` per item handed over, in the order of ``items``.
+
+        Items are handed over in order, in slices of about ``SLICE_SECONDS`` of work, with
+        ``workers * IN_FLIGHT_PER_WORKER`` slices in flight, until all are, or until
+        ``deadline`` (``time.monotonic()``) has passed with at least one handed over: the
+        result then covers a prefix of ``items``. ``before(position)`` is called for each
+        item just before it is handed over (injected faults that end the process).
+
+        Raises:
+            WorkerLost: a process worker died.
+        """
+        results: list[Called] = []
+        in_flight: collections.deque[tuple[concurrent.futures.Future[Any], int]] = (
+            collections.deque()
+        )
+        position, last = 0, time.monotonic()
+        try:
+            while position < len(items) or in_flight:
+                while position < len(items) and len(in_flight) < self._depth():
+                    if position and deadline is not None and time.monotonic() >= deadline:
+                        break
+                    end = min(len(items), position + self._slice())
+                    in_flight.append(self._hand_over(items, position, end, before))
+                    position = end
+                if not in_flight:
+                    break
+                future, size = in_flight.popleft()
+                results += future.result()
+                now = time.monotonic()
+                self._observe(size / max(now - last, 1e-3))
+                last = now
+        except BrokenProcessPool as exc:
+            raise WorkerLost(
+                f"batch {self.ctx.batch_id}: a worker process of job.pool died ({exc}); "
+                "killed, or out of memory"
+            ) from None
+        return results
+
+    def _depth(self) -> int:
+        return 1 if self.workers == 1 else self.workers * IN_FLIGHT_PER_WORKER
+
+    def _observe(self, rate: float) -> None:
+        # Smoothed: results that were ready while the one before was awaited arrive at once.
+        self._rate = rate if self._rate is None else 0.7 * self._rate + 0.3 * rate
+
+    def _slice(self) -> int:
+        """Items in the next slice: ``SLICE_SECONDS`` of one worker's work, growing at most
+        twofold per slice (the first estimate includes the workers' start-up)."""
+        if self.workers == 1 or self._rate is None:
+            return 1
+        wanted = max(1, int(self._rate / self.workers * SLICE_SECONDS))
+        self._last_slice = min(wanted, 2 * self._last_slice)
+        return self._last_slice
+
+    def _hand_over(
+        self,
+        items: Sequence[dict[str, Any]],
+        start: int,
+        end: int,
+        before: Callable[[int], None] | None,
+    ) -> tuple[concurrent.futures.Future[Any], int]:
+        """Items ``start .. end-1`` to a worker (or called here, with one worker): a future
+        of their ``Called`` list, and their number."""
+        part: list[dict[str, Any]] = []
+        faulted: dict[int, Called] = {}
+        for offset, item in enumerate(items[start:end]):
+            if before is not None:
+                before(start + offset)
             fault = self.faults.item_fault(item[self.id_column]) if self.faults else None
             if fault is not None:
-                results[position] = Called(error=fault)
+                faulted[offset] = Called(error=fault)
             else:
-                todo.append(position)
-        if self.workers == 1 or len(todo) <= 1:
-            for position in todo:
-                results[position] = call_one(self.fn, items[position], self.ctx)
+                part.append(item)
+        if self.workers == 1:
+            done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            done.set_result([call_one(self.fn, item, self.ctx) for item in part])
+            inner = done
+        elif self._in_process:
+            inner = self._pool().submit(_call_in_process, part)
         else:
-            wanted = [items[p] for p in todo]
-            try:
-                for position, result in zip(todo, self._on_pool(wanted), strict=True):
-                    results[position] = result
-            except concurrent.futures.process.BrokenProcessPool as exc:
-                raise WorkerLost(
-                    f"batch {self.ctx.batch_id}: a worker process of job.pool died ({exc}); "
-                    "killed, or out of memory"
-                ) from None
-        return [r for r in results if r is not None]
-
-    def _on_pool(self, items: list[dict[str, Any]]) -> Iterator[Called]:
-        if self._in_process:
-            chunksize = max(1, len(items) // (self.workers * 4))
-            pickled = self._pool().map(_call_in_process, items, chunksize=chunksize)
-            return (_unpickled(data) for data in pickled)
-        return self._pool().map(lambda item: call_one(self.fn, item, self.ctx), items)
+            inner = self._pool().submit(_call_in_thread, self.fn, part, self.ctx)
+        return _merged(inner, faulted, end - start, self._in_process), end - start
 
     def close(self) -> None:
         """Stop the workers (waiting for none: every call handed over has returned)."""

@@ -164,3 +164,32 @@ class TestWhatCannotComeBack:
         ):
             calls.map(_items(3))
         assert classify(raised.value) is Category.RESOURCE
+
+
+def _wait_5ms(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    time.sleep(0.005)
+    return {"id": item["id"]}
+
+
+class TestDeadlineAndErrorsOnWorkers:
+    def test_a_deadline_gives_a_prefix_of_the_items(self) -> None:
+        items = pl.DataFrame({"id": list(range(400))})
+        with ItemCalls(_wait_5ms, CTX, "id", workers=4, pool="thread") as calls:
+            deadline = time.monotonic() + 0.1
+            outcome = run_item_mode(items, JobCall(_wait_5ms, CTX, "id", FAST, items=calls),
+                                    deadline=deadline)  # fmt: skip
+        assert outcome.items_done is not None and 0 < outcome.items_done < 400
+        assert outcome.result["id"].to_list() == list(range(outcome.items_done))
+
+    def test_a_resource_error_on_a_worker_aborts_the_batch(self) -> None:
+        def oom(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+            if item["id"] == 7:
+                raise MemoryError("no room")
+            return {"id": item["id"]}
+
+        items = pl.DataFrame({"id": list(range(20))})
+        with (
+            ItemCalls(oom, CTX, "id", workers=3, pool="thread") as calls,
+            pytest.raises(MemoryError, match="no room"),
+        ):
+            run_item_mode(items, JobCall(oom, CTX, "id", FAST, items=calls))
