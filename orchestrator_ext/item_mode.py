@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, overload
 
 import polars as pl
 
@@ -53,20 +54,53 @@ def run_item_mode(
         SchemaMismatch: two items returned values of different types under one key.
     """
     calls = call.items or ItemCalls(call.fn, call.ctx, call.id_column, call.faults)
-    batch = items.rows(named=True)
+    batch = FrameRows(items)
     faults = call.faults
     before = (lambda position: faults.before_step(start + position)) if faults else None
     outcomes = _checked(calls.map(batch, deadline, before))
     _retry_transient(batch, outcomes, calls, call)
-    return _assemble(batch[: len(outcomes)], outcomes, call, items.schema)
+    ids = items.get_column(call.id_column).head(len(outcomes)).to_list()
+    return _assemble(ids, outcomes, call, items.schema)
+
+
+class FrameRows(Sequence[dict[str, Any]]):
+    """A frame's rows as dicts, made when asked for: by one when iterated, by the slice
+    when sliced. Not all at once: a batch's items held as dicts for its whole run make
+    Python's garbage collector walk them over and over (twice the cost of a cheap item)."""
+
+    def __init__(self, frame: pl.DataFrame) -> None:
+        self.frame = frame
+
+    def __len__(self) -> int:
+        return self.frame.height
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self.frame.iter_rows(named=True)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self.frame.height)
+            if step != 1:
+                raise ValueError("FrameRows slices have step 1")
+            return self.frame.slice(start, stop - start).rows(named=True)
+        return self.frame.row(index, named=True)
 
 
 def _checked(results: list[Called]) -> list[Called]:
     """``results``, after raising the first resource error among them (it aborts the batch)."""
-    for result in results:
-        if result.error is not None and classify(result.error) is Category.RESOURCE:
-            raise result.error
+    for error in _errors(results):
+        if classify(error) is Category.RESOURCE:
+            raise error
     return results
+
+
+def _errors(results: list[Called]) -> list[BaseException]:
+    # Most calls succeed: one comprehension, no call per item.
+    return [r.error for r in results if r.error is not None]
 
 
 def _is_transient(result: Called) -> bool:
@@ -74,11 +108,12 @@ def _is_transient(result: Called) -> bool:
 
 
 def _retry_transient(
-    batch: list[dict[str, Any]], outcomes: list[Called], calls: ItemCalls, call: JobCall
+    batch: Sequence[dict[str, Any]], outcomes: list[Called], calls: ItemCalls, call: JobCall
 ) -> None:
     """Retry the transiently failed items of ``outcomes`` in rounds, in place."""
     spec = call.retry
-    pending = [i for i, result in enumerate(outcomes) if _is_transient(result)]
+    failed = [i for i, result in enumerate(outcomes) if result.error is not None]
+    pending = [i for i in failed if _is_transient(outcomes[i])]
     tries = 1
     while pending and tries < spec.max_attempts:
         # One full-jitter wait for the whole round, as the tries of one item would wait.
@@ -98,35 +133,35 @@ def _retry_transient(
 
 
 def _assemble(
-    batch: list[dict[str, Any]], outcomes: list[Called], call: JobCall, schema: pl.Schema
+    ids: list[Any], outcomes: list[Called], call: JobCall, schema: pl.Schema
 ) -> BatchOutcome:
-    """The rows and dead letters of the items worked through, in input order."""
+    """The rows and dead letters of the items worked through (``ids``), in input order."""
     ctx, id_column = call.ctx, call.id_column
     rows: list[dict[str, Any]] = []
     dead: list[dict[str, Any]] = []
     # key -> (Python type, item id, value) of its first non-None value: polars would make
     # a String column of ints and strs, so a second type is the batch's error instead.
     kinds: dict[str, tuple[type, Any, Any]] = {}
-    for item, called in zip(batch, outcomes, strict=True):
+    for item_id, called in zip(ids, outcomes, strict=True):
         if called.error is not None:
-            dead.append(dead_letter(item[id_column], called.error, ctx.attempt))
+            dead.append(dead_letter(item_id, called.error, ctx.attempt))
             continue
         try:
             produced_rows = item_rows(called.value)
         except TypeError as exc:
             # The job's code is wrong for this item, whatever the config's error rules say
             # about TypeError: retrying returns the same, so it is permanent.
-            letter = dead_letter(item[id_column], exc, ctx.attempt)
+            letter = dead_letter(item_id, exc, ctx.attempt)
             dead.append({**letter, "category": str(Category.PERMANENT)})
             continue
-        _check_kinds(produced_rows, kinds, item[id_column], ctx.batch_id)
+        _check_kinds(produced_rows, kinds, item_id, ctx.batch_id)
         rows.extend(produced_rows)
     result = pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
     # polars infers a dtype from the Python values of this batch alone (a UInt64 id comes
     # back Int64, or Int128 when above 2**63-1, which pyarrow cannot read at the merge):
     # a returned input column gets the input's dtype back, so every batch has one schema.
     result = with_input_dtypes(result, schema, id_column, f"batch {ctx.batch_id}: result")
-    return BatchOutcome(result, dead, len(batch))
+    return BatchOutcome(result, dead, len(ids))
 
 
 def _check_kinds(

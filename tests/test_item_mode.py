@@ -141,3 +141,14 @@ class TestItemRows:
     def test_anything_else_is_a_type_error(self) -> None:
         with pytest.raises(TypeError, match=r"^job returned int \(42\), expected a dict"):
             item_rows(42)
+
+
+class TestFrameRows:
+    def test_rows_as_the_frame_has_them(self) -> None:
+        from orchestrator_ext.item_mode import FrameRows
+
+        frame = pl.DataFrame({"id": ["a", "b", "c", "d"], "n": [1, 2, 3, 4]})
+        rows = FrameRows(frame)
+        assert len(rows) == 4 and list(rows) == frame.rows(named=True)
+        assert rows[2] == {"id": "c", "n": 3}
+        assert rows[1:3] == frame.rows(named=True)[1:3] and rows[3:9] == [{"id": "d", "n": 4}]
