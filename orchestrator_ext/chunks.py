@@ -166,7 +166,7 @@ class ChunkStore:
         try:
             index = self.files.read_json(self.index_file)
         except MissingOutput:
-            if self.files.list(self.folder):
+            if self.files.occupied(self.folder):
                 self.clear()  # chunk files without an index: nothing can be trusted
             return []
         except (OSError, CorruptFile) as exc:
@@ -291,7 +291,7 @@ class ChunkStore:
 
     def clear(self) -> None:
         """Remove the batch's chunk folder (after the batch committed)."""
-        if self._touched or self.files.list(self.folder):
+        if self._touched or self.files.occupied(self.folder):
             self.files.remove(self.folder)
         self.chunks = []
         self._touched = False

@@ -8,8 +8,8 @@ the same calls with the same errors:
 - ``read_bytes`` / ``read_json`` / ``read_parquet``, ``parquet_rows``;
 - ``write_bytes`` / ``write_json`` / ``write_parquet`` / ``put_file``: atomic (a local file is
   renamed into place; an S3 object appears whole), S3 objects with server-side encryption;
-- ``sha256``, ``exists``, ``list`` (files under a folder, sorted), ``remove`` (a file or a
-  whole folder).
+- ``sha256``, ``exists``, ``list`` (files under a folder, sorted), ``occupied`` (anything
+  at a folder), ``remove`` (a file or a whole folder).
 
 A missing file is ``MissingOutput`` naming it, a damaged record ``CorruptFile``; setup
 problems in S3 (bucket, endpoint, credentials) are one line of ``S3Error``
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator_ext.errors import MissingOutput
-from orchestrator_ext.storage import atomic_path, parse_json_object, sha256_file
+from orchestrator_ext.storage import atomic_path, parse_json_object, record_text, sha256_file
 
 if TYPE_CHECKING:
     import polars as pl
@@ -85,6 +85,11 @@ class Location(ABC):
         """Every file under ``folder`` (recursively) whose name ends in ``suffix``, sorted."""
 
     @abstractmethod
+    def occupied(self, folder: str) -> bool:
+        """True if something is at ``folder``: a local folder (even empty) or file, or any
+        object under the prefix in S3 (one request for a page of one key)."""
+
+    @abstractmethod
     def remove(self, uri: str) -> int:
         """Remove the file or the whole folder ``uri``; return how many files went (0 if
         there was nothing)."""
@@ -98,11 +103,8 @@ class Location(ABC):
         return parse_json_object(self.read_bytes(uri), uri)
 
     def write_json(self, uri: str, data: Any) -> None:
-        """Write ``data`` as indented, key-sorted JSON, atomically."""
-        import json
-
-        text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
-        self.write_bytes(uri, text.encode())
+        """Write ``data`` as a record (``storage.record_text``), atomically."""
+        self.write_bytes(uri, record_text(data).encode())
 
     def read_parquet(self, uri: str) -> pl.DataFrame:
         """A Parquet file as a frame. Raises MissingOutput."""
@@ -171,6 +173,9 @@ class LocalLocation(Location):
         if not root.is_dir():
             return []
         return sorted(str(p) for p in root.rglob(f"*{suffix}") if p.is_file())
+
+    def occupied(self, folder: str) -> bool:
+        return os.path.exists(folder)
 
     def remove(self, uri: str) -> int:
         path = Path(uri)
@@ -241,6 +246,14 @@ class S3Location(Location):
         prefix = prefix.rstrip("/") + "/" if prefix else ""
         objects = s3.list_objects(self.client, bucket, prefix, what=folder)
         return sorted(o.uri for o in objects if o.key.endswith(suffix))
+
+    def occupied(self, folder: str) -> bool:
+        from orchestrator_ext import s3
+
+        bucket, prefix = s3.split_s3_uri(folder)
+        prefix = prefix.rstrip("/") + "/" if prefix else ""
+        objects = s3.list_objects(self.client, bucket, prefix, page_size=1, what=folder)
+        return next(iter(objects), None) is not None
 
     def remove(self, uri: str) -> int:
         from orchestrator_ext import s3

@@ -33,7 +33,7 @@ import yaml
 
 from orchestrator_ext.errors import OrchestratorError
 from orchestrator_ext.layout import RunLayout
-from orchestrator_ext.location import Location, S3Location, is_remote, join, location_of
+from orchestrator_ext.location import Location, S3Location, join, location_of
 from orchestrator_ext.storage import atomic_path
 
 if TYPE_CHECKING:
@@ -66,15 +66,11 @@ class RedrivePlan:
         return asdict(self)
 
 
-def _run_exists(files: Location, run_dir: str) -> bool:
-    return os.path.exists(run_dir) if not is_remote(run_dir) else bool(files.list(run_dir))
-
-
 def next_run_id(config: RunConfig, files: Location | None = None) -> str:
     """``{run_id}-redrive-N`` with the first N whose run folder does not exist yet."""
     files = files or location_of(config.output_root)
     n = 1
-    while _run_exists(files, join(config.output_root, f"{config.run_id}-redrive-{n}")):
+    while files.occupied(join(config.output_root, f"{config.run_id}-redrive-{n}")):
         n += 1
     return f"{config.run_id}-redrive-{n}"
 
@@ -176,7 +172,7 @@ def redrive(
     for taken, what, where in (
         (out.exists(), "--out", out),
         (items_files.exists(items_uri), "--items-out", items_uri),
-        (_run_exists(files, new_run_dir), "run folder", new_run_dir),
+        (files.occupied(new_run_dir), "run folder", new_run_dir),
     ):
         if taken:
             raise RedriveError(f"{what} {where} already exists; choose another (or remove it)")

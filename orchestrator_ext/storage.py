@@ -56,10 +56,16 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def record_text(data: Any) -> str:
+    """The text of one of the run's JSON records: indented, key-sorted, one final newline.
+    Every writer uses it, so a record's sha256 can be recomputed from its content."""
+    return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+
+
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
-    """Write ``data`` as indented, key-sorted JSON, atomically."""
+    """Write ``data`` as a record (``record_text``), atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.write_text(record_text(data))
 
 
 def parse_json_object(data: str | bytes, source: str | os.PathLike[str]) -> dict[str, Any]:

@@ -16,7 +16,6 @@ request per record), and each is a few lines of comparison with its message.
 from __future__ import annotations
 
 import hashlib
-import json
 import sqlite3
 from collections.abc import Callable
 from typing import Any
@@ -34,9 +33,7 @@ from orchestrator_ext.manifest import (
     manifest_schema,
 )
 from orchestrator_ext.state import StateStore, TaskRecord
-from orchestrator_ext.storage import (
-    parse_json_object,
-)
+from orchestrator_ext.storage import parse_json_object, record_text
 
 
 def verify_manifest(manifest_uri: str, location: Location | None = None) -> list[str]:
@@ -441,8 +438,7 @@ def _committed_before_redrive(manifest: dict[str, Any], committed_sha256: str) -
     if "redriven_to" not in manifest:
         return False
     original = {k: v for k, v in manifest.items() if k != "redriven_to"}
-    text = json.dumps(original, indent=2, sort_keys=True, default=str) + "\n"  # = write_json
-    return hashlib.sha256(text.encode()).hexdigest() == committed_sha256
+    return hashlib.sha256(record_text(original).encode()).hexdigest() == committed_sha256
 
 
 def _store_errors() -> tuple[type[BaseException], ...]:

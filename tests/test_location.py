@@ -141,3 +141,12 @@ def test_s3_writes_are_encrypted(aws_env: str) -> None:
     location.write_json(f"s3://{bucket}/a.json", {"a": 1})
     head: dict[str, Any] = client.head_object(Bucket=bucket, Key="a.json")
     assert head.get("ServerSideEncryption") == "AES256"
+
+
+def test_occupied(root: tuple[Location, str]) -> None:
+    location, run = root
+    assert not location.occupied(run)
+    location.write_bytes(join(run, "results", "a.json"), b"{}")
+    assert location.occupied(run) and location.occupied(join(run, "results"))
+    # A folder whose name is a prefix of another's is not occupied by it.
+    assert not location.occupied(run[:-1]) and not location.occupied(join(run, "res"))
