@@ -123,7 +123,17 @@ def process_batch_main(argv: list[str] | None = None) -> None:
     )
 
 
+#: The steps a job command can run: ``python -m orchestrator_ext.jobstep STEP ARGS...``.
+STEPS = {"process-batch": process_batch_main}
+
+
+def main(argv: list[str]) -> None:
+    """Run the step ``argv[0]`` names with the arguments after it."""
+    step = STEPS.get(argv[0]) if argv else None
+    if step is None:
+        sys.exit(f"usage: python -m orchestrator_ext.jobstep {{{','.join(STEPS)}}} --help")
+    step(argv[1:])
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["process-batch"]:
-        sys.exit("usage: python -m orchestrator_ext.jobstep process-batch --help")
-    process_batch_main(sys.argv[2:])
+    main(sys.argv[1:])

@@ -194,10 +194,16 @@ class _TrackingSubprocess:
     @staticmethod
     def Popen(*args: Any, **kwargs: Any) -> subprocess.Popen:  # noqa: N802 - the API's name
         process = subprocess.Popen(*args, **kwargs)
-        watch = getattr(_current, "watch", None)
-        if watch is not None:
-            watch.add(process.pid)
+        track_process(process.pid)
         return process
+
+
+def track_process(pid: int) -> None:
+    """Add process ``pid`` to the ``RuntimeWatch`` of the job the calling thread runs, if
+    any: for a job started other than through ``snakemake.shell`` (``warm_jobs``)."""
+    watch = getattr(_current, "watch", None)
+    if watch is not None:
+        watch.add(pid)
 
 
 def track_job_processes() -> None:
