@@ -65,9 +65,11 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/plan.py --batches 1000 10000 30000 --no-bare-script
 	$(BIN)/python bench/reduce.py
 	$(BIN)/python bench/merge_memory.py
+	$(BIN)/python bench/partition_memory.py
 	$(BIN)/python bench/requests.py
 	$(BIN)/python bench/slurm.py
 	$(BIN)/python bench/workers.py
+	$(BIN)/python bench/batches.py
 	$(BIN)/python bench/plot.py
 
 clean:

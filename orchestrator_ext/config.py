@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,13 +47,78 @@ class InputSpec:
     id_type: str | None = None
 
 
+#: ``batching.max_items`` when neither it nor ``batching.target_seconds`` is set.
+DEFAULT_MAX_ITEMS = 10000
+#: The schema's ceiling of ``batching.max_items``: the bound of a batch sized by time
+#: (``target_seconds``) when ``max_items`` is not set.
+MAX_ITEMS_LIMIT = 1_000_000_000
+
+
 @dataclass(frozen=True)
 class BatchingSpec:
-    """How items are cut into batches."""
+    """How items are cut into batches.
 
-    max_items: int = 10000
+    ``max_items`` is always a number here: as given; ``DEFAULT_MAX_ITEMS`` when neither it
+    nor ``target_seconds`` is set; ``MAX_ITEMS_LIMIT`` when only ``target_seconds`` is. With
+    ``target_seconds`` the partition replaces it by the time-derived size, at most this
+    (``sizing.batching_for``); ``max_bytes`` applies either way.
+    """
+
+    max_items: int = DEFAULT_MAX_ITEMS
     max_bytes: int | None = None
     weight_column: str | None = None
+    #: Seconds of work one batch should take; None: batches are sized by ``max_items``.
+    target_seconds: float | None = None
+
+    @classmethod
+    def from_config(cls, batching: dict[str, Any]) -> BatchingSpec:
+        """The spec of a validated ``batching`` section (``resolve_batching`` applied)."""
+        max_items = batching.get("max_items")
+        return cls(
+            max_items=MAX_ITEMS_LIMIT if max_items is None else max_items,
+            max_bytes=batching.get("max_bytes"),
+            weight_column=batching.get("weight_column"),
+            target_seconds=batching.get("target_seconds"),
+        )
+
+
+def resolve_batching(data: dict[str, Any]) -> None:
+    """Check the ``batching`` section of a schema-valid config against the rest of it and
+    fill in ``max_items`` (in place): ``DEFAULT_MAX_ITEMS`` unless ``target_seconds`` is
+    set, when an unset ``max_items`` stays null (no bound but the time-derived size).
+
+    Filled in here, not by the schema, so that a config without ``target_seconds`` keeps
+    ``max_items: 10000`` in its resolved form, as before ``target_seconds`` existed.
+
+    Raises:
+        ConfigError: ``target_seconds`` is not finite, is given with ``weight_column``, or
+            is longer than a batch job's wall time (``resources.runtime``).
+    """
+    batching = data["batching"]
+    target = batching.get("target_seconds")
+    if target is None:
+        if batching.get("max_items") is None:
+            batching["max_items"] = DEFAULT_MAX_ITEMS
+        return
+    if not math.isfinite(target):
+        raise ConfigError(
+            f"invalid config at 'batching/target_seconds': {target} is not a number of "
+            "seconds; give the seconds of work one batch should take, e.g. 600"
+        )
+    if batching.get("weight_column") is not None:
+        raise ConfigError(
+            "invalid config: batching.target_seconds and batching.weight_column cannot be "
+            "combined: sizing by time assumes the first items' cost per item holds for all, "
+            "which a weight column says it does not; keep weight_column with max_items "
+            "(batches = ceil(items / max_items)), or drop weight_column"
+        )
+    runtime = data["resources"]["runtime"]
+    if target > runtime * 60:
+        raise ConfigError(
+            f"invalid config: batching.target_seconds ({target:g} s) is longer than a batch "
+            f"job may run (resources.runtime: {runtime} minutes), so every batch would be "
+            "stopped at its time limit; lower target_seconds or raise resources.runtime"
+        )
 
 
 @dataclass(frozen=True)
@@ -229,6 +295,7 @@ def validate_config(raw: dict[str, Any]) -> dict[str, Any]:
     except jsonschema.ValidationError as exc:
         raise ConfigError(_schema_error_message(exc)) from None
     _rename_keys(data)
+    resolve_batching(data)
     _check_consistency(data)
     _check_output_root(data["output_root"])
     return data
@@ -366,7 +433,7 @@ def run_config_from(data: dict[str, Any]) -> RunConfig:
         run_id=data["run_id"],
         output_root=data["output_root"],
         input=InputSpec(**data["input"]),
-        batching=BatchingSpec(**data["batching"]),
+        batching=BatchingSpec.from_config(data["batching"]),
         job=_job_spec(data["job"]),
         merge=MergeSpec(**data["merge"]),
         max_dead_letter_fraction=data["tolerance"]["max_dead_letter_fraction"],

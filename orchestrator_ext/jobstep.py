@@ -123,8 +123,50 @@ def process_batch_main(argv: list[str] | None = None) -> None:
     )
 
 
+def merge_node_main(argv: list[str] | None = None) -> None:
+    """``python -m orchestrator_ext.jobstep merge-node ...``: the body of rules merge_level
+    and merge_final, run as a plain command like process_batch (a ``script:`` job cost about
+    a second of CPU each: a fresh interpreter importing Snakemake's script wrapper).
+
+    ``--data`` and ``--records`` list the children in order; without ``--level`` the node is
+    the root (its level follows from its children's records), which writes the final.
+    """
+    import argparse
+    import json
+
+    from orchestrator_ext import task
+    from orchestrator_ext.merge import merge_node
+
+    parser = argparse.ArgumentParser(prog="python -m orchestrator_ext.jobstep merge-node")
+    for name in ("config-file", "log", "index", "output", "record", "uri"):
+        parser.add_argument(f"--{name}", required=True)
+    parser.add_argument("--level", type=int, default=None)
+    parser.add_argument("--data", nargs="+", required=True)
+    parser.add_argument("--records", nargs="+", required=True)
+    args = parser.parse_args(argv)
+    if len(args.data) != len(args.records):
+        parser.error("--data and --records must name the same number of children")
+    with open(args.config_file) as handle:
+        raw_config = json.load(handle)
+    is_root = args.level is None
+    index = int(args.index)
+    run_step(
+        args.log,
+        merge_node,
+        raw_config,
+        task_id=task.FINAL if is_root else task.merge_id(args.level, index),
+        level=args.level,
+        index=index,
+        children=list(zip(args.data, args.records, strict=True)),
+        output_file=args.output,
+        record_file=args.record,
+        is_root=is_root,
+        uri=args.uri,
+    )
+
+
 #: The steps a job command can run: ``python -m orchestrator_ext.jobstep STEP ARGS...``.
-STEPS = {"process-batch": process_batch_main}
+STEPS = {"process-batch": process_batch_main, "merge-node": merge_node_main}
 
 
 def main(argv: list[str]) -> None:

@@ -161,6 +161,14 @@ class RunLayout:
         return [f"{self.run_dir}/{name}" for name in [*names, "manifest.json"]]
 
     @property
+    def sizing(self) -> str:
+        """``sizing.json``: the batch size a partition chose by time (``batching.
+        target_seconds``), kept outside ``batches/`` (which Snakemake removes before it runs
+        the partition again) so the same config and input get the same size. Not a file
+        target; written by the package (``sizing.sizing_record``)."""
+        return f"{self.run_dir}/sizing.json"
+
+    @property
     def resolved_config(self) -> str:
         """Not a file target (written by the coordinator when it starts): never wrapped."""
         return f"{self.run_dir}/config.json"

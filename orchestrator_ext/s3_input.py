@@ -12,27 +12,25 @@
   ``prefix/`` (or under a key glob) is one item, with columns ``id`` (the key), ``key``,
   ``size`` and ``etag``, in key order.
 
-``items.read_items`` reads what is listed here; everything runs inside the partition
-job, never when the Snakefile is parsed.
+``items.open_items`` (and ``read_items``) read what is listed here; everything runs inside
+the partition job, never when the Snakefile is parsed.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
-import io
-from typing import IO, Any
+from typing import Any
 
 import polars as pl
 
-from orchestrator_ext.errors import InputError, MissingOutput
+from orchestrator_ext.errors import InputError
 from orchestrator_ext.s3 import (
     MAX_PAGE_SIZE,
     S3Object,
     glob_prefix,
     has_glob,
     list_objects,
-    read_bytes,
     split_s3_uri,
 )
 
@@ -67,18 +65,6 @@ def match_objects(
     if not objects:
         raise InputError(f"input.uri matches no S3 object: {uri}")
     return sorted(objects, key=lambda o: o.key)
-
-
-def object_bytes(client: Any, obj: S3Object) -> IO[bytes]:
-    """The content of one listed object, as a file-like for ``items.read_frame``.
-
-    Raises:
-        InputError: the object was deleted since it was listed.
-    """
-    try:
-        return io.BytesIO(read_bytes(client, obj.uri))
-    except MissingOutput:
-        raise InputError(f"S3 object vanished while reading the input: {obj.uri}") from None
 
 
 def keys_frame(objects: list[S3Object]) -> pl.DataFrame:

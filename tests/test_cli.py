@@ -384,3 +384,172 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path, make_config) -> None:
     )  # fmt: skip
     assert result.stdout.startswith("run piped: 3000 transitions")
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
+def printing_item(item: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    """Item mode: prints a line per item (which must not reach the report on stdout)."""
+    print(f"working on {item['id']}")
+    return item
+
+
+def out_of_memory_item(item: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    """Item mode: fails as nothing else here does, so a test sees that it was not called."""
+    raise MemoryError("called")
+
+
+class TestPlan:
+    """``orchestrator plan``: the batches a run will have, before it runs."""
+
+    @pytest.fixture
+    def write_run(
+        self, tmp_path: Path, make_config: Callable[..., dict[str, Any]]
+    ) -> Callable[..., Path]:
+        """``write_run(n=100, **overrides)``: a Parquet input of n items and a config of an
+        item job waiting 1 ms per item; returns the config file."""
+
+        def write(n: int = 100, **overrides: Any) -> Path:
+            frame = pl.DataFrame({"id": list(range(n)), "value": list(range(n))})
+            frame.write_parquet(tmp_path / "items.parquet")
+            job = {"function": "orchestrator_ext.jobs.wait:wait_item", "mode": "item",
+                   "combine": None, "finalize": None, "params": {"wait_s": 0.001}}  # fmt: skip
+            raw = make_config(run_id="p", job=job, merge={"fan_in": 3, "mode": "concat"},
+                              batching={"max_items": 40})  # fmt: skip
+            for key, value in overrides.items():
+                raw[key] = {**raw[key], **value} if isinstance(value, dict) else value
+            path = tmp_path / "plan.yaml"
+            path.write_text(yaml.safe_dump(raw))
+            return path
+
+        return write
+
+    @staticmethod
+    def _json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
+        assert main(["plan", "--json", *argv]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    def test_counts_the_input_and_times_the_job(self, write_run, capsys) -> None:
+        preview = self._json(capsys, "--configfile", str(write_run()))
+        assert preview["source"] == "config"
+        assert (preview["items"], preview["items_basis"]) == (100, "counted in 1 parquet file")
+        assert (preview["max_items"], preview["size_basis"]) == (40, "batching.max_items")
+        assert (preview["batches"], preview["levels"]) == (3, [3, 1])
+        assert preview["seconds_basis"] == "timed on 100 items"
+        # 100 items of about 1 ms in 3 batches
+        assert 0.033 <= preview["seconds_per_batch"] < 0.1
+        assert preview["overhead_seconds"] == 0.5
+        assert preview["warning"].startswith("overhead per batch (0.5 s) is ")
+
+    def test_target_seconds_sizes_batches_by_time(self, write_run, capsys) -> None:
+        path = write_run(n=30, batching={"max_items": None, "target_seconds": 1},
+                         job={"params": {"wait_s": 0.01}})  # fmt: skip
+        preview = self._json(capsys, "--configfile", str(path))
+        assert preview["size_basis"] == "timed (target 1 s)"
+        assert 45 < preview["max_items"] <= 100  # about 1 s / 10 ms
+        assert preview["batches"] == 1
+        assert "the partition times the job again" in " ".join(preview["notes"])
+
+    def test_table_with_the_overhead_warning(self, write_run, capsys) -> None:
+        assert main(["plan", "--configfile", str(write_run()), "--executor", "slurm"]) == 0
+        out = capsys.readouterr().out
+        assert "run p: batches (from the config)" in out
+        assert "slurm executor" in out and "5 s (" in out
+        assert "warning: overhead per batch (5 s) is" in out
+
+    def test_given_batch_seconds_and_overhead_skip_the_timing(self, write_run, capsys) -> None:
+        path = write_run(job={"function": f"{__name__}:out_of_memory_item"})
+        preview = self._json(capsys, "--configfile", str(path), "--batch-seconds", "600",
+                             "--overhead-seconds", "6")  # fmt: skip
+        assert (preview["seconds_per_batch"], preview["seconds_basis"]) == (600, "--batch-seconds")
+        assert (preview["overhead_seconds"], preview["overhead_basis"]) == (6, "--overhead-seconds")
+        assert preview["overhead_fraction"] == pytest.approx(0.01)
+        assert preview["warning"] is None
+
+    def test_csv_rows_are_counted_not_lines(self, write_run, tmp_path: Path, capsys) -> None:
+        (tmp_path / "items.csv").write_text('id,text\n007,"two\nlines"\n008,one\n009,"a\n\nb"\n')
+        path = write_run(input={"uri": str(tmp_path / "items.csv"), "format": "csv"},
+                         job={"function": f"{__name__}:printing_item"})  # fmt: skip
+        preview = self._json(capsys, "--configfile", str(path))
+        assert (preview["items"], preview["items_basis"]) == (3, "counted in 1 csv file")
+
+    def test_jsonl_files_are_counted(self, write_run, tmp_path: Path, capsys) -> None:
+        for name, ids in (("a", [1, 2]), ("b", [3, 4, 5])):
+            (tmp_path / f"{name}.jsonl").write_text("".join(f'{{"id": {i}}}\n' for i in ids))
+        path = write_run(input={"uri": str(tmp_path / "*.jsonl"), "format": "jsonl"},
+                         job={"params": {"wait_s": 0}})  # fmt: skip
+        preview = self._json(capsys, "--configfile", str(path))
+        assert (preview["items"], preview["items_basis"]) == (5, "counted in 2 jsonl files")
+        assert preview["seconds_basis"] == "timed on 2 items"  # the head of the first file
+
+    def test_what_the_job_prints_goes_to_stderr(self, write_run, capsys) -> None:
+        path = write_run(n=3, job={"function": f"{__name__}:printing_item"})
+        assert main(["plan", "--json", "--configfile", str(path)]) == 0
+        captured = capsys.readouterr()
+        assert json.loads(captured.out)["items"] == 3
+        assert "working on 2" in captured.err
+
+    def test_an_input_in_s3_is_counted_only_with_items(self, write_run, capsys) -> None:
+        path = write_run(input={"uri": "s3://bucket/items/*.parquet"})
+        preview = self._json(capsys, "--configfile", str(path))
+        assert preview["items"] is None and preview["batches"] is None
+        assert preview["items_basis"] == "not counted: the input is in S3 (pass --items N)"
+        assert preview["seconds_per_batch"] is None
+        assert "the input is in S3: the job is not timed here" in " ".join(preview["notes"])
+        preview = self._json(capsys, "--configfile", str(path), "--items", "1000",
+                             "--batch-seconds", "120")  # fmt: skip
+        assert (preview["items"], preview["batches"], preview["levels"]) == (
+            1000,
+            25,
+            [25, 9, 3, 1],
+        )
+        assert preview["overhead_fraction"] == pytest.approx(0.5 / 120)
+
+    def test_a_recorded_plan_is_shown(self, write_run, capsys) -> None:
+        path = write_run(batching={"max_items": None, "target_seconds": 60},
+                         job={"function": f"{__name__}:out_of_memory_item"})  # fmt: skip
+        config = load_config(yaml.safe_load(path.read_text()))
+        plan = Path(RunLayout(config.run_dir).plan)
+        plan.parent.mkdir(parents=True)
+        batching = {"max_items": 250, "max_bytes": None, "weight_column": None,
+                    "target_seconds": 60, "max_items_limit": None, "seconds_per_item": 0.24,
+                    "sampled_items": 9, "failed_items": 0}  # fmt: skip
+        recorded = {"config_sha256": config.sha256, "items": 1000, "n_batches": 4,
+                    "fan_in": 3, "batching": batching}  # fmt: skip
+        plan.write_text(json.dumps(recorded))
+        preview = self._json(capsys, "--configfile", str(path))
+        assert preview["source"] == "plan.json"
+        assert (preview["items"], preview["max_items"], preview["batches"]) == (1000, 250, 4)
+        assert preview["levels"] == [4, 2, 1]
+        assert preview["size_basis"] == "timed (target 60 s), plan.json"
+        assert preview["seconds_per_batch"] == pytest.approx(60.0)
+        assert preview["seconds_basis"] == "timed on 9 items"
+
+    def test_a_plan_of_another_config_is_passed_over(self, write_run, capsys) -> None:
+        path = write_run()
+        config = load_config(yaml.safe_load(path.read_text()))
+        plan = Path(RunLayout(config.run_dir).plan)
+        plan.parent.mkdir(parents=True)
+        plan.write_text(json.dumps({"config_sha256": "0" * 64, "items": 9, "n_batches": 9}))
+        preview = self._json(capsys, "--configfile", str(path))
+        assert (preview["source"], preview["items"], preview["batches"]) == ("config", 100, 3)
+        assert f"{plan} was made from another config" in preview["notes"][0]
+
+    def test_a_plan_without_counts_is_one_line(self, write_run, capsys) -> None:
+        path = write_run()
+        config = load_config(yaml.safe_load(path.read_text()))
+        plan = Path(RunLayout(config.run_dir).plan)
+        plan.parent.mkdir(parents=True)
+        plan.write_text(json.dumps({"config_sha256": config.sha256}))
+        assert main(["plan", "--configfile", str(path)]) == EXIT_USER_ERROR
+        assert "is not a plan the partition wrote" in _one_error_line(capsys)
+
+    def test_a_job_failing_on_every_item_is_one_line(self, write_run, capsys) -> None:
+        path = write_run(batching={"target_seconds": 5}, job={"params": {"id_column": "x"}})
+        assert main(["plan", "--configfile", str(path)]) == EXIT_USER_ERROR
+        line = _one_error_line(capsys)
+        assert "the job failed on every item it was timed on" in line
+        assert "first, item 0: KeyError: 'x'" in line
+
+    def test_a_job_that_cannot_be_imported_is_one_line(self, write_run, capsys) -> None:
+        path = write_run(job={"function": "no_such_module:fn"})
+        assert main(["plan", "--configfile", str(path)]) == EXIT_USER_ERROR
+        assert "cannot import module 'no_such_module'" in _one_error_line(capsys)

@@ -14,6 +14,7 @@ RUN_COMMANDS = {
     ("audit",): inspect.cmd_audit,
     ("report",): inspect.cmd_report,
     ("cost",): inspect.cmd_cost,
+    ("plan",): inspect.cmd_plan,
     ("iam-policy",): operate.cmd_iam_policy,
     ("redrive", "--out", "x.yaml"): operate.cmd_redrive,
     ("init",): operate.cmd_init,
@@ -48,7 +49,10 @@ class TestArgumentTypes:
         [(["status", "--interval", "0"], "--interval: must be positive, got 0"),
          (["status", "--count", "0"], "--count: must be at least 1, got 0"),
          (["errors", "--limit", "-1"], "--limit: must be 0 or more, got -1"),
-         (["cost", "--items", "x"], "--items: invalid _positive_int value: 'x'")],
+         (["cost", "--items", "x"], "--items: invalid _positive_int value: 'x'"),
+         (["plan", "--overhead-seconds", "-1"], "--overhead-seconds: must be 0 or more, got -1"),
+         (["plan", "--overhead-seconds", "nan"], "--overhead-seconds: must be 0 or more"),
+         (["plan", "--executor", "k8s"], "--executor: invalid choice: 'k8s'")],
     )  # fmt: skip
     def test_out_of_range_is_a_usage_error(
         self, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
@@ -62,14 +66,20 @@ class TestArgumentTypes:
         args = build_parser().parse_args(["status", "--interval", "0.5", "--slowest", "0"])
         assert (args.interval, args.slowest, args.count) == (0.5, 0, None)
 
+    def test_plan_defaults_to_the_local_executor(self) -> None:
+        args = build_parser().parse_args(["plan", "--overhead-seconds", "0"])
+        assert (args.executor, args.overhead_seconds, args.items, args.batch_seconds) == (
+            "local", 0.0, None, None,
+        )  # fmt: skip
+
 
 class TestHelp:
     def test_every_command_is_listed_in_order(self, capsys: pytest.CaptureFixture[str]) -> None:
         with pytest.raises(SystemExit):
             build_parser().parse_args(["--help"])
         out = capsys.readouterr().out
-        names = ["status", "errors", "audit", "report", "cost", "iam-policy", "redrive",
-                 "init", "unlock", "manifest", "example-data"]  # fmt: skip
+        names = ["status", "errors", "audit", "report", "cost", "plan", "iam-policy",
+                 "redrive", "init", "unlock", "manifest", "example-data"]  # fmt: skip
         assert f"{{{','.join(names)}}}" in out
 
     def test_description_keeps_its_line_breaks(self, capsys: pytest.CaptureFixture[str]) -> None:

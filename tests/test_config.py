@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 from orchestrator_ext.config import (
+    MAX_ITEMS_LIMIT,
+    BatchingSpec,
     ChunksSpec,
     RunConfig,
     config_sha256,
@@ -459,3 +461,60 @@ class TestWorkers:
         raw["job"].update(job)
         with pytest.raises(ConfigError, match=message):
             load_config(raw)
+
+
+class TestBatchingTargetSeconds:
+    """``batching.target_seconds`` and how it combines with ``max_items``."""
+
+    @staticmethod
+    def _load(batching: dict[str, Any], **extra: Any) -> RunConfig:
+        return load_config({**copy.deepcopy(MINIMAL), "batching": batching, **extra})
+
+    def test_unset_max_items_is_10000_in_the_resolved_config(self) -> None:
+        config = load_config(copy.deepcopy(MINIMAL))
+        assert config.batching == BatchingSpec(max_items=10000)
+        # As before target_seconds existed: the checksum of an existing run's config holds.
+        assert config.raw["batching"] == {
+            "max_items": 10000, "max_bytes": None, "weight_column": None,
+        }  # fmt: skip
+
+    def test_explicit_null_max_items_is_the_default(self) -> None:
+        assert self._load({"max_items": None}).sha256 == load_config(copy.deepcopy(MINIMAL)).sha256
+
+    def test_target_alone_is_not_capped_by_the_default(self) -> None:
+        config = self._load({"target_seconds": 300})
+        assert config.batching.target_seconds == 300
+        assert config.batching.max_items == MAX_ITEMS_LIMIT
+        assert config.raw["batching"]["max_items"] is None  # no bound but the time-derived size
+
+    def test_an_explicit_max_items_stays_the_bound(self) -> None:
+        config = self._load({"target_seconds": 300, "max_items": 5000, "max_bytes": 10**6})
+        assert config.batching == BatchingSpec(max_items=5000, max_bytes=10**6, target_seconds=300)
+
+    def test_the_resolved_config_loads_to_the_same_run(self) -> None:
+        config = self._load({"target_seconds": 12.5})
+        assert load_config(copy.deepcopy(config.raw)) == config
+        assert run_config_from(copy.deepcopy(config.raw)) == config
+
+    def test_with_weight_column_is_refused(self) -> None:
+        message = _error({**copy.deepcopy(MINIMAL),
+                          "batching": {"target_seconds": 60, "weight_column": "w"}})  # fmt: skip
+        assert message.startswith(
+            "invalid config: batching.target_seconds and batching.weight_column cannot be combined"
+        )
+
+    def test_longer_than_a_jobs_wall_time_is_refused(self) -> None:
+        message = _error({**copy.deepcopy(MINIMAL), "batching": {"target_seconds": 3601}})
+        assert "longer than a batch job may run (resources.runtime: 60 minutes)" in message
+        config = self._load({"target_seconds": 3601}, resources={"runtime": 120})
+        assert config.batching.target_seconds == 3601
+
+    @pytest.mark.parametrize(
+        ("value", "problem"),
+        [(0, "less than or equal to the minimum of 0"), (-5, "less than or equal"),
+         ("5m", "is not of type 'number', 'null'"), (True, "is not of type"),
+         (float("nan"), "is not a number of seconds"), (float("inf"), "is not a number")],
+    )  # fmt: skip
+    def test_bad_values_name_the_key(self, value: Any, problem: str) -> None:
+        message = _error({**copy.deepcopy(MINIMAL), "batching": {"target_seconds": value}})
+        assert "batching/target_seconds" in message and problem in message

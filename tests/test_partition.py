@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import heapq
+import io
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,17 +15,18 @@ import numpy as np
 import polars as pl
 import pytest
 
-from orchestrator_ext import partition, task
+from orchestrator_ext import partition, sizing, task
 from orchestrator_ext.config import BatchingSpec, InputSpec, load_config
 from orchestrator_ext.errors import InputError
-from orchestrator_ext.items import check_ids, concat_items, list_input_files, read_items
-from orchestrator_ext.layout import level_sizes
+from orchestrator_ext.items import ItemSource, read_items
+from orchestrator_ext.layout import RunLayout, level_sizes
 from orchestrator_ext.partition import (
-    assign_batches,
+    ROW_BYTES,
     batch_numbers,
-    estimate_row_bytes,
     partition_items,
+    plan_columns,
     read_plan,
+    row_bytes,
 )
 from orchestrator_ext.state import TaskStatus
 from orchestrator_ext.state.sqlite import SqliteStateStore
@@ -35,10 +40,10 @@ def store(tmp_path: Path):
     store.close()
 
 
-def _items(n: int) -> pl.DataFrame:
+def _items(n: int, start: int = 0) -> pl.DataFrame:
     return pl.DataFrame(
         {
-            "id": np.arange(n, dtype=np.int64),
+            "id": np.arange(start, start + n, dtype=np.int64),
             "group": [f"g{i % 7}" for i in range(n)],
             "value": np.arange(n, dtype=np.int64) * 3,
         }
@@ -52,6 +57,13 @@ def _skewed(n: int, seed: int = 7) -> pl.DataFrame:
     return pl.DataFrame({"id": np.arange(n, dtype=np.int64), "w": weights})
 
 
+def assign_batches(items: pl.DataFrame, batching: BatchingSpec) -> list[int]:
+    """``batch_numbers`` of a frame of items, planned from its ``plan_columns``."""
+    return batch_numbers(
+        items.with_columns(**plan_columns(items.schema, batching)), batching
+    ).to_list()
+
+
 def _batch_weights(items: pl.DataFrame, assignment: list[int], column: str) -> pl.DataFrame:
     return (
         items.with_columns(pl.Series("b", assignment))
@@ -59,237 +71,6 @@ def _batch_weights(items: pl.DataFrame, assignment: list[int], column: str) -> p
         .agg(pl.col(column).sum().alias("weight"), pl.len().alias("n"))
         .sort("b")
     )
-
-
-class TestListInputFiles:
-    def test_single_file(self, tmp_path: Path) -> None:
-        path = tmp_path / "a.parquet"
-        path.write_bytes(b"x")
-        assert list_input_files(str(path)) == [str(path)]
-
-    def test_glob_is_sorted_and_skips_directories(self, tmp_path: Path) -> None:
-        for name in ["c.csv", "a.csv", "b.csv"]:
-            (tmp_path / name).write_text("id\n1\n")
-        (tmp_path / "d.csv").mkdir()
-        assert list_input_files(str(tmp_path / "*.csv")) == [
-            str(tmp_path / n) for n in ["a.csv", "b.csv", "c.csv"]
-        ]
-
-    def test_missing_file(self, tmp_path: Path) -> None:
-        with pytest.raises(InputError, match="input file not found: .*missing.parquet"):
-            list_input_files(str(tmp_path / "missing.parquet"))
-
-    def test_glob_without_match(self, tmp_path: Path) -> None:
-        with pytest.raises(InputError, match=r"matches no file: .*\*\.jsonl"):
-            list_input_files(str(tmp_path / "*.jsonl"))
-
-
-class TestReadItems:
-    @pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
-    def test_formats_give_the_same_items(self, tmp_path: Path, fmt: str) -> None:
-        frame = _items(25)
-        path = tmp_path / f"items.{fmt}"
-        {"parquet": frame.write_parquet, "csv": frame.write_csv, "jsonl": frame.write_ndjson}[fmt](
-            path
-        )
-        # CSV ids are read as text unless id_type says integer (TestReadItemsIdType).
-        items, listing = read_items(InputSpec(uri=str(path), format=fmt, id_type="integer"))
-        assert items.equals(frame)
-        assert listing == [{"path": str(path), "bytes": path.stat().st_size}]
-
-    def test_glob_concatenates_in_name_order(self, tmp_path: Path) -> None:
-        frame = _items(30)
-        frame.slice(20).write_parquet(tmp_path / "part-2.parquet")
-        frame.slice(0, 10).write_parquet(tmp_path / "part-0.parquet")
-        frame.slice(10, 10).write_parquet(tmp_path / "part-1.parquet")
-        items, listing = read_items(
-            InputSpec(uri=str(tmp_path / "part-*.parquet"), format="parquet")
-        )
-        assert items.equals(frame)
-        assert [Path(f["path"]).name for f in listing] == [f"part-{i}.parquet" for i in range(3)]
-
-    def test_other_id_column(self, tmp_path: Path) -> None:
-        path = tmp_path / "items.csv"
-        path.write_text("key,v\na,1\nb,2\n")
-        items, _ = read_items(InputSpec(uri=str(path), format="csv", id_column="key"))
-        assert items.get_column("key").to_list() == ["a", "b"]
-
-    def test_unreadable_file(self, tmp_path: Path) -> None:
-        path = tmp_path / "items.parquet"
-        path.write_text("this is not parquet")
-        with pytest.raises(InputError, match="cannot read .*items.parquet as parquet"):
-            read_items(InputSpec(uri=str(path), format="parquet"))
-
-    def test_unknown_format(self, tmp_path: Path) -> None:
-        path = tmp_path / "items.xml"
-        path.write_text("<items/>")
-        with pytest.raises(InputError, match="unknown input format 'xml'"):
-            read_items(InputSpec(uri=str(path), format="xml"))
-
-    def test_duplicates_across_files(self, tmp_path: Path) -> None:
-        _items(5).write_parquet(tmp_path / "a.parquet")
-        _items(5).write_parquet(tmp_path / "b.parquet")
-        with pytest.raises(InputError, match="5 duplicate ids"):
-            read_items(InputSpec(uri=str(tmp_path / "*.parquet"), format="parquet"))
-
-
-class TestReadItemsIdType:
-    def test_csv_ids_keep_their_leading_zeros(self, tmp_path: Path) -> None:
-        path = tmp_path / "items.csv"
-        path.write_text("id,v\n00123,1\n0456,2\n")
-        items, _ = read_items(InputSpec(uri=str(path), format="csv"))
-        assert items.get_column("id").to_list() == ["00123", "0456"]
-        assert items.schema == pl.Schema({"id": pl.String, "v": pl.Int64}), "others inferred"
-
-    def test_csv_ids_differing_in_leading_zeros_are_distinct(self, tmp_path: Path) -> None:
-        path = tmp_path / "items.csv"
-        path.write_text("id,v\n001,1\n01,2\n1,3\n")
-        items, _ = read_items(InputSpec(uri=str(path), format="csv"))
-        assert items.get_column("id").to_list() == ["001", "01", "1"]
-
-    def test_integer_id_type_on_csv(self, tmp_path: Path) -> None:
-        path = tmp_path / "items.csv"
-        path.write_text("id,v\n7,1\n-8,2\n9223372036854775807,3\n")
-        items, _ = read_items(InputSpec(uri=str(path), format="csv", id_type="integer"))
-        assert items.schema["id"] == pl.Int64
-        assert items.get_column("id").to_list() == [7, -8, 2**63 - 1]
-
-    def test_integer_id_type_names_ids_that_are_not_integers(self, tmp_path: Path) -> None:
-        path = tmp_path / "items.csv"
-        path.write_text("id,v\n7,1\nx9,2\n1.5,3\n9223372036854775808,4\n")
-        with pytest.raises(
-            InputError,
-            match=r"id_type is integer, but id column 'id' in .*items.csv has 3 ids that are "
-            r"not integers .*\(e\.g\. 'x9', '1\.5', '9223372036854775808'\)",
-        ):
-            read_items(InputSpec(uri=str(path), format="csv", id_type="integer"))
-
-    def test_integer_id_type_makes_leading_zero_ids_duplicates(self, tmp_path: Path) -> None:
-        path = tmp_path / "items.csv"
-        path.write_text("id,v\n001,1\n1,2\n")
-        with pytest.raises(InputError, match=r"1 duplicate ids \(e\.g\. 1\)"):
-            read_items(InputSpec(uri=str(path), format="csv", id_type="integer"))
-
-    def test_string_id_type_on_parquet_ints(self, tmp_path: Path) -> None:
-        path = tmp_path / "items.parquet"
-        ids = pl.Series("id", [5, 2**63, 2**64 - 1], dtype=pl.UInt64)
-        pl.DataFrame([ids, pl.Series("v", [1, 2, 3])]).write_parquet(path)
-        items, _ = read_items(InputSpec(uri=str(path), format="parquet", id_type="string"))
-        assert items.schema == pl.Schema({"id": pl.String, "v": pl.Int64})
-        assert items.get_column("id").to_list() == ["5", str(2**63), str(2**64 - 1)]
-
-    def test_parquet_ids_keep_their_stored_type(self, tmp_path: Path) -> None:
-        path = tmp_path / "items.parquet"
-        pl.DataFrame({"id": [3, 1]}, schema={"id": pl.UInt32}).write_parquet(path)
-        items, _ = read_items(InputSpec(uri=str(path), format="parquet"))
-        assert items.schema["id"] == pl.UInt32
-
-    def test_float_ids_are_refused_even_with_string_id_type(self, tmp_path: Path) -> None:
-        path = tmp_path / "items.parquet"
-        pl.DataFrame({"id": [1.0, 2.0]}).write_parquet(path)
-        with pytest.raises(InputError, match=r"id_type is string, but .* holds Float64 values"):
-            read_items(InputSpec(uri=str(path), format="parquet", id_type="string"))
-
-    def test_mismatched_id_dtypes_across_files_are_refused(self, tmp_path: Path) -> None:
-        pl.DataFrame({"id": [1, 2]}).write_parquet(tmp_path / "a.parquet")
-        pl.DataFrame({"id": ["3", "4"]}).write_parquet(tmp_path / "b.parquet")
-        with pytest.raises(
-            InputError,
-            match=r"id column 'id' is Int64 in .*a\.parquet but String in .*b\.parquet; .*"
-            r"set input\.id_type",
-        ):
-            read_items(InputSpec(uri=str(tmp_path / "*.parquet"), format="parquet"))
-
-    def test_mismatched_id_dtypes_read_as_one_type_with_id_type(self, tmp_path: Path) -> None:
-        pl.DataFrame({"id": [1, 2]}).write_parquet(tmp_path / "a.parquet")
-        pl.DataFrame({"id": ["3", "4"]}).write_parquet(tmp_path / "b.parquet")
-        uri = str(tmp_path / "*.parquet")
-        items, _ = read_items(InputSpec(uri=uri, format="parquet", id_type="string"))
-        assert items.get_column("id").to_list() == ["1", "2", "3", "4"]
-        items, _ = read_items(InputSpec(uri=uri, format="parquet", id_type="integer"))
-        assert items.get_column("id").to_list() == [1, 2, 3, 4]
-
-    def test_file_without_the_id_column_is_named(self, tmp_path: Path) -> None:
-        pl.DataFrame({"id": [1, 2]}).write_parquet(tmp_path / "a.parquet")
-        pl.DataFrame({"key": [3, 4]}).write_parquet(tmp_path / "b.parquet")
-        with pytest.raises(InputError, match=r"id column 'id' not found in .*b\.parquet"):
-            read_items(InputSpec(uri=str(tmp_path / "*.parquet"), format="parquet"))
-
-
-class TestConcatItems:
-    def test_mismatched_id_dtypes_name_both_objects(self) -> None:
-        frames = [pl.DataFrame({"id": ["a"]}), pl.DataFrame({"id": [1]}, schema={"id": pl.Int32})]
-        names = ["s3://b/in/p0.jsonl", "s3://b/in/p1.jsonl"]
-        with pytest.raises(
-            InputError,
-            match=r"'id' is String in s3://b/in/p0\.jsonl but Int32 in s3://b/in/p1\.jsonl",
-        ):
-            concat_items(frames, names, "id", "objects")
-
-    def test_other_columns_are_still_relaxed(self) -> None:
-        frames = [pl.DataFrame({"id": [1], "v": [1]}), pl.DataFrame({"id": [2], "v": [0.5]})]
-        items = concat_items(frames, ["a", "b"], "id")
-        assert items.schema == pl.Schema({"id": pl.Int64, "v": pl.Float64})
-
-
-class TestCheckIds:
-    def test_valid(self) -> None:
-        check_ids(_items(10), "id", "src")
-
-    @pytest.mark.parametrize(
-        "ids", [[0.5, 1.5, float("nan")], [1.0, 2.0]], ids=["with-nan", "whole-numbers"]
-    )
-    def test_float_ids_are_refused(self, ids: list[float]) -> None:
-        frame = pl.DataFrame({"sensor": ids})
-        with pytest.raises(
-            InputError,
-            match=r"id column 'sensor' in src holds floating-point ids \(Float64, e\.g\. .*\); "
-            r"ids must be integers or strings",
-        ):
-            check_ids(frame, "sensor", "src")
-
-    def test_nan_id_is_counted(self) -> None:
-        frame = pl.DataFrame({"id": [0.5, float("nan")]})
-        with pytest.raises(InputError, match="1 of them NaN"):
-            check_ids(frame, "id", "src")
-
-    def test_uint64_above_int64_is_refused(self) -> None:
-        frame = pl.DataFrame({"id": [1, 2**63, 2**64 - 1]}, schema={"id": pl.UInt64})
-        with pytest.raises(
-            InputError,
-            match=r"2 UInt64 ids above 2\*\*63-1 \(e\.g\. 9223372036854775808, "
-            r"18446744073709551615\).*set input\.id_type: string",
-        ):
-            check_ids(frame, "id", "src")
-
-    def test_uint64_within_int64_is_accepted(self) -> None:
-        check_ids(pl.DataFrame({"id": [0, 2**63 - 1]}, schema={"id": pl.UInt64}), "id", "src")
-
-    @pytest.mark.parametrize(
-        ("series", "hint"),
-        [
-            (pl.Series("id", [1, 2], dtype=pl.Int128), "set input.id_type: string"),
-            (pl.Series("id", [True, False]), "write them as strings or integers"),
-        ],
-        ids=["int128", "boolean"],
-    )
-    def test_other_dtypes_are_refused(self, series: pl.Series, hint: str) -> None:
-        with pytest.raises(InputError, match=rf"has ids of type {series.dtype} .*{hint}"):
-            check_ids(series.to_frame(), "id", "src")
-
-    def test_missing_column_names_it_and_the_columns(self) -> None:
-        with pytest.raises(InputError, match=r"id column 'key' not found in src \(columns: id, "):
-            check_ids(_items(3), "key", "src")
-
-    def test_null_ids(self) -> None:
-        frame = pl.DataFrame({"id": [1, None, 3, None]})
-        with pytest.raises(InputError, match="has 2 null ids"):
-            check_ids(frame, "id", "src")
-
-    def test_duplicates_name_examples(self) -> None:
-        frame = pl.DataFrame({"id": ["a", "b", "x", "c", "x", "b", "b"]})
-        with pytest.raises(InputError, match=r"2 duplicate ids \(e\.g\. b, x\)"):
-            check_ids(frame, "id", "src")
 
 
 class TestAssignBatchesByCount:
@@ -308,7 +89,8 @@ class TestAssignBatchesByBytes:
         )
 
     def test_estimate(self) -> None:
-        assert estimate_row_bytes(self._texts([0, 5, 100])) == [8, 13, 108]
+        items = self._texts([0, 5, 100])
+        assert items.select(row_bytes(items.schema)).to_series().to_list() == [8, 13, 108]
 
     def test_respects_max_bytes(self) -> None:
         rng = np.random.default_rng(1)
@@ -316,7 +98,7 @@ class TestAssignBatchesByBytes:
         spec = BatchingSpec(max_items=1000, max_bytes=1500)
         assignment = assign_batches(items, spec)
         assert assignment == sorted(assignment), "batches by bytes are contiguous"
-        sizes = estimate_row_bytes(items)
+        sizes = items.select(row_bytes(items.schema)).to_series().to_list()
         totals: dict[int, int] = {}
         for batch, size in zip(assignment, sizes, strict=True):
             totals[batch] = totals.get(batch, 0) + size
@@ -382,6 +164,11 @@ class TestAssignBatchesByWeight:
     def test_null(self) -> None:
         items = pl.DataFrame({"id": [1, 2, 3], "w": [1.0, None, 2.0]})
         with pytest.raises(InputError, match="must be non-negative and not null"):
+            assign_batches(items, BatchingSpec(max_items=2, weight_column="w"))
+
+    def test_nan(self) -> None:
+        items = pl.DataFrame({"id": [1, 2, 3], "w": [1.0, float("nan"), 2.0]})
+        with pytest.raises(InputError, match="'w' has NaN weights"):
             assign_batches(items, BatchingSpec(max_items=2, weight_column="w"))
 
 
@@ -521,6 +308,119 @@ class TestPartitionItems:
         assert not (tmp_path / "batches").exists()
 
 
+def _sliced_whole(spec: InputSpec, batching: BatchingSpec) -> list[str]:
+    """The sha256 of every batch file as cutting the input read whole into one frame writes
+    them (slices, or partitions by weight): what streaming it must write."""
+    items, _ = read_items(spec)
+    numbers = batch_numbers(items.with_columns(**plan_columns(items.schema, batching)), batching)
+    if numbers.is_sorted():
+        starts = np.cumsum([0, *numbers.rle().struct.field("len")])
+        frames = [items.slice(int(a), int(b - a)) for a, b in zip(starts, starts[1:], strict=False)]
+    else:
+        groups = items.with_columns(numbers).partition_by(numbers.name, as_dict=True)
+        frames = [groups[key].drop(numbers.name) for key in sorted(groups)]
+    digests = []
+    for frame in frames:
+        out = io.BytesIO()
+        frame.write_parquet(out, compression="zstd", statistics=True)
+        digests.append(hashlib.sha256(out.getvalue()).hexdigest())
+    return digests
+
+
+class TestStreamedBatches:
+    """Batches written streaming the input are the files cutting it whole gives."""
+
+    BATCHINGS = [
+        {"max_items": 45},
+        {"max_items": 90, "max_bytes": 900},
+        {"max_items": 45, "weight_column": "value"},
+    ]
+
+    @pytest.fixture
+    def source(self, tmp_path: Path) -> Callable[[str], str]:
+        def build(fmt: str) -> str:
+            frames = [
+                _items(130),
+                _items(7, 130).with_columns(pl.col("value").cast(pl.Int16)),
+                _items(110, 137).drop("group").with_columns(extra=pl.lit(0.5)),
+            ]
+            for index, frame in enumerate(frames):
+                path = tmp_path / "in" / f"part-{index}.{fmt}"
+                path.parent.mkdir(exist_ok=True)
+                if fmt == "parquet":
+                    frame.write_parquet(path, row_group_size=30)
+                else:
+                    frame.write_csv(path) if fmt == "csv" else frame.write_ndjson(path)
+            return str(tmp_path / "in" / f"part-*.{fmt}")
+
+        return build
+
+    @pytest.mark.parametrize("batching", BATCHINGS, ids=["count", "bytes", "weight"])
+    @pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+    def test_same_files(
+        self, tmp_path: Path, store, make_config, source, fmt: str, batching: dict[str, Any]
+    ) -> None:
+        uri = source(fmt)
+        config = load_config(
+            make_config(input={"uri": uri, "format": fmt, "id_type": "integer"}, batching=batching)
+        )
+        plan = partition_items(config, store, tmp_path / "batches")
+        assert [b["sha256"] for b in plan["batches"]] == _sliced_whole(
+            config.input, config.batching
+        )
+
+    def test_weight_batches_in_several_passes(
+        self, tmp_path: Path, store, make_config, source, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        config = load_config(
+            make_config(
+                input={"uri": source("parquet"), "format": "parquet"}, batching=self.BATCHINGS[2]
+            )
+        )
+        passes = 0
+        frames = ItemSource.frames
+
+        def counted(self: ItemSource) -> Any:
+            nonlocal passes
+            passes += 1
+            return frames(self)
+
+        monkeypatch.setattr(ItemSource, "frames", counted)
+        monkeypatch.setattr(partition, "_PASS_BYTES", 3000)  # about 100 rows a pass
+        plan = partition_items(config, store, tmp_path / "batches")
+        assert plan["n_batches"] == 6
+        assert passes > 3  # a look at the rows' size, then one pass per group of batches
+        assert [b["sha256"] for b in plan["batches"]] == _sliced_whole(
+            config.input, config.batching
+        )
+
+    def test_rows_kept_across_passes_are_copied_as_they_are(self) -> None:
+        frame = pl.DataFrame({"id": [1, 2, 3], "text": ["a", None, "ccc" * 9]}).with_columns(
+            cat=pl.col("text").cast(pl.Categorical),
+            nested=pl.int_ranges(0, pl.col("id")),
+            when=pl.datetime(2026, 1, 1) + pl.duration(days=pl.col("id")),
+            money=pl.col("id").cast(pl.Decimal(10, 2)),
+        )
+        kept = partition._compact(frame.filter(pl.col("id") != 2))
+        assert kept.equals(frame.filter(pl.col("id") != 2))
+        assert kept.schema == frame.schema
+
+    def test_a_bad_value_found_while_writing_leaves_nothing(
+        self, tmp_path: Path, store, make_config
+    ) -> None:
+        lines = "".join(f"{i},{i}\n" for i in range(300))
+        (tmp_path / "items.csv").write_text(f"id,v\n{lines}300,abc\n")
+        config = load_config(
+            make_config(input={"uri": str(tmp_path / "items.csv"), "format": "csv"})
+        )
+        out = tmp_path / "run" / "batches"
+        with pytest.raises(InputError, match=r"cannot read .*items\.csv as csv: .*abc"):
+            partition_items(config, store, out)
+        assert not out.exists()
+        assert _leftovers(out.parent) == []
+        assert store.get("partition").status is TaskStatus.DEAD
+
+
 class TestNewPlanSupersedesTheOld:
     """A re-partition removes every file of the old plan and resets the state (issue 11)."""
 
@@ -572,21 +472,27 @@ class TestNewPlanSupersedesTheOld:
         ]
         assert len(plan["input"]["listing_sha256"]) == 64
 
+    @pytest.mark.parametrize(
+        ("owner", "name"),
+        [(ItemSource, "read_columns"), (partition, "write_batches")],
+        ids=["after-planning", "after-writing"],
+    )
     def test_input_changing_while_read_is_refused(
-        self, tmp_path: Path, store, partition_config, monkeypatch: pytest.MonkeyPatch
+        self, tmp_path: Path, store, partition_config, monkeypatch, owner, name
     ) -> None:
         config = partition_config(_items(10))
-        read = partition.read_items
+        step = getattr(owner, name)
 
-        def read_then_append(*args: Any, **kwargs: Any) -> Any:
-            got = read(*args, **kwargs)
+        def step_then_rewrite(*args: Any, **kwargs: Any) -> Any:
+            got = step(*args, **kwargs)
             (tmp_path / "items.parquet").write_bytes(b"half-written")
             return got
 
-        monkeypatch.setattr(partition, "read_items", read_then_append)
+        monkeypatch.setattr(owner, name, step_then_rewrite)
         with pytest.raises(InputError, match="changed while it was being read"):
             partition_items(config, store, tmp_path / "batches")
         assert not (tmp_path / "batches").exists()
+        assert _leftovers(tmp_path) == []
 
     @pytest.mark.parametrize(
         ("job", "named"),
@@ -617,24 +523,108 @@ class TestPlanJson:
         assert len(data["input"]["listing_sha256"]) == 64
 
 
+def _greedy_by_bytes(sizes: list[int], max_items: int, max_bytes: int) -> list[int]:
+    """Batching by bytes as one loop over the items: what ``batch_numbers`` must equal."""
+    assignment, batch, count, size = [], 0, 0, 0
+    for row_bytes_ in sizes:
+        if count and (count >= max_items or size + row_bytes_ > max_bytes):
+            batch, count, size = batch + 1, 0, 0
+        assignment.append(batch)
+        count += 1
+        size += row_bytes_
+    return assignment
+
+
+def _lpt(weights: list[float], max_items: int) -> list[int]:
+    """Batching by weight as one loop over the items: what ``batch_numbers`` must equal."""
+    n = len(weights)
+    n_batches = max(1, -(-n // max_items))
+    heap = [(0.0, b) for b in range(n_batches)]
+    counts, assignment = [0] * n_batches, [0] * n
+    for i in sorted(range(n), key=lambda i: (-weights[i], i)):
+        total, b = heapq.heappop(heap)
+        assignment[i] = b
+        counts[b] += 1
+        if counts[b] < max_items:
+            heapq.heappush(heap, (total + weights[i], b))
+    return assignment
+
+
 class TestBatchNumbers:
-    """The vectorized assignment partition_items uses agrees with assign_batches."""
+    """The vectorized assignment agrees with the per-item loops it replaced."""
 
     @pytest.mark.parametrize(
-        "spec",
-        [
-            BatchingSpec(max_items=7),
-            BatchingSpec(max_items=1000),
-            BatchingSpec(max_items=9, max_bytes=60),
-            BatchingSpec(max_items=6, weight_column="w"),
-        ],
+        ("max_items", "max_bytes"), [(9, 60), (1000, 60), (3, 10**9), (50, 1), (7, 200)]
     )
-    def test_same_as_assign_batches(self, spec: BatchingSpec) -> None:
+    def test_by_bytes(self, max_items: int, max_bytes: int) -> None:
         rng = np.random.default_rng(3)
-        items = pl.DataFrame(
-            {"id": list(range(101)), "w": rng.integers(0, 50, 101).tolist(),
-             "text": ["x" * k for k in rng.integers(0, 30, 101)]}
-        )  # fmt: skip
-        numbers = batch_numbers(items, spec)
+        sizes = [int(k) for k in rng.integers(0, 80, 501)]
+        rows = pl.DataFrame({ROW_BYTES: sizes}, schema={ROW_BYTES: pl.Int64})
+        numbers = batch_numbers(rows, BatchingSpec(max_items=max_items, max_bytes=max_bytes))
         assert numbers.dtype == pl.Int64
-        assert numbers.to_list() == assign_batches(items, spec)
+        assert numbers.to_list() == _greedy_by_bytes(sizes, max_items, max_bytes)
+
+    @pytest.mark.parametrize("dtype", [pl.Int64, pl.UInt8, pl.Float64])
+    @pytest.mark.parametrize("max_items", [6, 40, 1000])
+    def test_by_weight(self, dtype: pl.DataType, max_items: int) -> None:
+        rng = np.random.default_rng(4)
+        weights = pl.Series("w", rng.integers(0, 50, 70_001)).cast(dtype)  # many ties
+        if dtype == pl.Float64:
+            weights = weights / 7
+        numbers = batch_numbers(weights.to_frame(), BatchingSpec(max_items, weight_column="w"))
+        assert numbers.to_list() == _lpt(weights.to_list(), max_items)
+
+    def test_by_count(self) -> None:
+        numbers = batch_numbers(pl.DataFrame({"id": list(range(23))}), BatchingSpec(max_items=5))
+        assert numbers.to_list() == [i // 5 for i in range(23)]
+
+
+class TestSizedByTime:
+    """``batching.target_seconds`` through the partition: the job timed on the first items,
+    the size in the plan, and the same size again once the batch folder is gone."""
+
+    def _config(self, partition_config: Any) -> Any:
+        return partition_config(
+            _items(400),
+            batching={"target_seconds": 0.2},
+            job={"function": "orchestrator_ext.jobs.wait:wait_item", "mode": "item",
+                 "params": {"wait_s": 0.01}},
+        )  # fmt: skip
+
+    def test_batches_hold_about_target_seconds_of_work(
+        self, tmp_path: Path, store, partition_config
+    ) -> None:
+        config = self._config(partition_config)
+        plan = partition_items(config, store, tmp_path / "batches")
+        recorded = plan["batching"]
+        # 10 ms an item (plus the call's own cost) against a 0.2 s target: about 20 items.
+        assert 0.01 <= recorded["seconds_per_item"] < 0.02
+        assert 10 <= recorded["max_items"] <= 20
+        assert plan["n_batches"] == -(-400 // recorded["max_items"])
+        assert recorded["target_seconds"] == 0.2 and recorded["sampled_items"] > 0
+        assert json.loads(Path(RunLayout(config.run_dir).sizing).read_text())["batching"] == (
+            recorded
+        )
+
+    def test_a_rerun_reuses_the_recorded_size(
+        self, tmp_path: Path, store, partition_config, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        config = self._config(partition_config)
+        first = partition_items(config, store, tmp_path / "batches")
+        shutil.rmtree(tmp_path / "batches")  # as Snakemake does before the partition reruns
+
+        def no_timing(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("the job was timed again")
+
+        monkeypatch.setattr(sizing, "size_by_time", no_timing)
+        again = partition_items(config, store, tmp_path / "batches")
+        assert again["batching"] == first["batching"]
+        assert again["batches"] == first["batches"]  # byte-identical batch files
+
+    def test_without_target_seconds_the_plan_is_as_before(
+        self, tmp_path: Path, store, partition_config
+    ) -> None:
+        config = partition_config(_items(10))
+        plan = partition_items(config, store, tmp_path / "batches")
+        assert plan["batching"] == {"max_items": 100, "max_bytes": None, "weight_column": None}
+        assert not Path(RunLayout(config.run_dir).sizing).exists()
