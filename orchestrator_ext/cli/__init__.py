@@ -14,12 +14,13 @@ Where each part lives:
 - ``parser``: ``build_parser``, every subcommand's options and help, the argument types.
 - ``run_config``: which run a command line names: the ``--config`` grammar
   (``parse_overrides``), ``load_cli_config`` and ``open_run_store``.
-- ``inspect``: the bodies of ``status``, ``errors``, ``audit``, ``report`` and ``cost``.
+- ``inspect``: the bodies of ``status``, ``errors``, ``audit``, ``report``, ``cost`` and
+  ``plan``.
 - ``operate``: the bodies of ``redrive``, ``unlock``, ``init``, ``manifest verify``,
   ``iam-policy`` and ``example-data``.
 - Renderers sit beside their data: ``status.render_status``, ``cost.render_cost``,
   ``history_view`` (failed tasks, dead letters, audit lines), ``redrive.render_redrive``,
-  ``verify.render_verified``, ``coordinator.render_unlock``,
+  ``verify.render_verified``, ``coordinator.render_unlock``, ``sizing.render_plan_preview``,
   ``report.write.render_report_written``; ``init``, which has no data module, renders in
   ``operate``.
 """
