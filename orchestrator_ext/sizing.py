@@ -75,8 +75,9 @@ TIMING_SECONDS = 1.5
 MAX_TIMING_SECONDS = 5.0
 
 #: Fixed cost of one batch job, in seconds, beyond its own work. Locally (executor
-#: orchestrator-local): 0.25-0.5 s of start-up and scheduling per job, 0.5 s per job and
-#: worker from 2 to 1,000 batches (docs/benchmarks.md, "Batch size we recommend").
+#: orchestrator-local, batch jobs started warm): a whole run of trivial batches took
+#: 0.45-0.6 s of wall per batch and worker at 200 to 1,000 batches, most of it Snakemake's
+#: scheduling (docs/benchmarks.md, summary row 10 and "Batch size we recommend").
 LOCAL_OVERHEAD_SECONDS = 0.5
 #: On Slurm (orchestrator-slurm): a process_batch Slurm job took 5.0 s end to end for about
 #: 1 s of work, besides about 5 s until its end is noticed by the status polling
