@@ -259,6 +259,8 @@ start_slurmdbd() {
     log "slurmdbd: started ($(elapsed))"
 }
 
+SLURMCTLD_STARTED=0
+
 start_slurmctld() {
     local logfile=$SERVICES_DIR/slurmctld.log pidfile=$SERVICES_DIR/slurmctld.pid
     ((SLURM_CONF_CHANGED)) && stop_pidfile slurmctld "$OLD_SLURMCTLD_PID"
@@ -268,6 +270,7 @@ start_slurmctld() {
     fi
     if ! pid_alive "$pidfile"; then
         /usr/sbin/slurmctld </dev/null >>"$logfile" 2>&1 || fail_daemon slurmctld "$logfile" "failed to start"
+        SLURMCTLD_STARTED=1
     fi
     wait_for slurmctld "$logfile" 30 bash -c 'scontrol ping | grep -q "is UP"'
     log "slurmctld: started ($(elapsed))"
@@ -302,6 +305,20 @@ start_slurmd() {
     wait_for "slurmd (node $SLURM_NODE, state '$(node_state)')" "$logfile" 30 \
         bash -c "sinfo -h -n '$SLURM_NODE' -o %T | grep -Eqx 'idle|mixed|allocated|completing'"
     log "slurmd: started, node $SLURM_NODE $(node_state) ($(elapsed))"
+}
+
+# A slurmctld started here recovers the jobs of the test cluster's previous life from its state
+# directory (a machine image taken while tests ran, a killed CI run). Their processes are gone,
+# but Slurm keeps them RUNNING until their time limit, because the node's boot time predates
+# them: they hold the node's CPUs and every new job pends. Nobody is waiting for them.
+cancel_stale_jobs() {
+    ((SLURMCTLD_STARTED)) || return 0
+    local jobs
+    jobs=$(timeout 10 squeue -h -o %A 2>/dev/null | tr '\n' ' ') || true
+    [[ -n ${jobs// /} ]] || return 0
+    # shellcheck disable=SC2086 # one argument per job id
+    timeout 30 scancel $jobs || die "scancel: could not cancel jobs left from a previous run: $jobs"
+    log "slurm: cancelled $(wc -w <<<"$jobs") job(s) left from the cluster's previous run: $jobs"
 }
 
 sacctmgr_has() { # sacctmgr query args...; succeeds when the query prints anything
@@ -352,6 +369,7 @@ setup_slurm() {
     start_slurmdbd
     start_slurmctld
     start_slurmd
+    cancel_stale_jobs
     setup_account
     smoke_slurm
     log "slurm ready: cluster=$SLURM_CLUSTER partition=$SLURM_PARTITION account=$SLURM_ACCOUNT"
