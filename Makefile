@@ -57,7 +57,7 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install --quiet -e ".[test,bench]" --config-settings editable_mode=compat
 	touch $@ $(VENV)/.installed-test $(VENV)/.installed
 
-## bench: every benchmark (not tests; about 45 min), then docs/benchmarks.md and its plot
+## bench: every benchmark (not tests; about three hours), then docs/benchmarks.md and its plot
 bench: $(VENV)/.installed-bench
 	VENV=$(VENV) bash tests/services/setup.sh slurm
 	VENV=$(VENV) bash tests/services/setup.sh moto
@@ -68,6 +68,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/partition_memory.py
 	$(BIN)/python bench/requests.py
 	$(BIN)/python bench/slurm.py
+	$(BIN)/python bench/slurm_jobs.py
 	$(BIN)/python bench/workers.py
 	$(BIN)/python bench/batches.py
 	$(BIN)/python bench/plot.py

@@ -17,7 +17,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator_ext import task
@@ -292,3 +292,17 @@ def note_job_end(executor: Any, job: Any, **fields: Any) -> None:
         for name, value in fields.items():
             if value is not None:
                 setattr(end, name, value)
+
+
+def note_submission(executor: Any, job: Any) -> None:
+    """Note that ``job`` (each member of a group job) is about to be submitted: the attempt
+    it runs starts after now. Executors whose jobs all pass through ``run_job`` need not call
+    it (``RecordsLostAttempts.run_job`` notes the same); the Slurm plugin submits array jobs
+    without, and reports their tasks only once ``sbatch`` returned, which a task may outrun.
+    """
+    now = datetime.now(UTC)
+    notes = job_notes(executor)
+    with notes.lock:
+        for one in single_jobs(job):
+            notes.since[one] = now
+            notes.ends.pop(one, None)

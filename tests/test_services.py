@@ -42,7 +42,7 @@ def test_jobs_of_a_killed_cluster_are_cancelled_when_it_starts_again(slurm_clust
     marker = f"{600 + uuid.uuid4().int % 1000}.{os.getpid() % 100:02d}"
     job = _run(
         "sbatch", "--parsable", "--exclusive", "-A", "orchestrator", "-t", "10",
-        "-J", "stale-job", "--wrap", f"exec sleep {marker}",
+        "-J", "stale-job", "-o", "/dev/null", "--wrap", f"exec sleep {marker}",
     ).strip()  # fmt: skip
     try:
         deadline = time.monotonic() + 60

@@ -9,12 +9,14 @@ import io
 import json
 import os
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
+import yaml
 from conftest import ORCHESTRATOR, REPO, SNAKEMAKE, run_snakemake, set_storage_env, write_config
 
 from orchestrator_ext import s3, task
@@ -26,6 +28,28 @@ from orchestrator_ext.state.dynamodb import DynamoStateStore, create_table, make
 pytestmark = pytest.mark.workflow
 
 TEST_PROFILE = REPO / "tests" / "profiles" / "slurm"
+PROFILE = REPO / "profiles" / "slurm"
+#: The keys of profiles/slurm that send batches to Slurm in group jobs.
+GROUP_KEYS = ("groups", "group-components", "set-resources", "resources", "set-resource-scopes")
+
+
+def profile_group_args(**sizes: int) -> list[str]:
+    """profiles/slurm's group settings as command-line options, for runs with the test
+    profile (which keeps one Slurm job per batch); ``sizes`` overrides group sizes."""
+    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    args: list[str] = []
+    for key in GROUP_KEYS:
+        values = list(profile[key])
+        if key == "group-components" and sizes:
+            values = [f"{name}={size}" for name, size in sizes.items()]
+        args += [f"--{key}", *values]
+    return args
+
+
+def group_size() -> int:
+    """How many batches profiles/slurm puts in one group job."""
+    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    return int(profile["group-components"][0].split("=", 1)[1])
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +87,23 @@ def _all_slurm_jobs(workdir: Path | None = None) -> set[str]:
     return {job for job, cwd in rows if workdir is None or Path(cwd) == workdir}
 
 
+def _sacct_steps(job_id: str) -> list[str]:
+    """The steps of a Slurm job (``<id>.batch``, ``<id>.0`` for a first srun step, ...)."""
+    out = subprocess.run(
+        ["sacct", "-n", "-P", "-o", "JobID", "-j", job_id],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    return [line for line in out.split() if line != job_id]
+
+
+def _sacct_field(job_id: str, field: str) -> str:
+    out = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-o", field, "-j", job_id],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    return out.strip()
+
+
 def run_on_slurm(
     workdir: Path, configfile: Path, *extra: str, check: bool = True
 ) -> subprocess.CompletedProcess:
@@ -92,9 +133,13 @@ def s3_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 class TestSlurmRun:
+    # Also with profiles/slurm's group jobs: the four batches in one Slurm job, their
+    # files moved to S3 by that job's own Snakemake process.
+    @pytest.mark.parametrize("grouped", [False, True], ids=["per-batch", "grouped"])
     def test_example_runs_on_slurm_with_s3_files_and_dynamodb_state(
-        self, tmp_path, make_config, s3_env, slurm_cluster
+        self, tmp_path, make_config, s3_env, slurm_cluster, grouped
     ):
+        grouping = profile_group_args() if grouped else []
         items = make_records(2000, seed=11)
         items.write_parquet(tmp_path / "items.parquet")
         client = s3.make_s3_client()
@@ -112,7 +157,7 @@ class TestSlurmRun:
             state={"backend": "dynamodb", "table": table},
         )
         configfile = write_config(tmp_path / "slurm.yaml", config)
-        run_on_slurm(tmp_path, configfile)
+        run_on_slurm(tmp_path, configfile, *grouping)
 
         store = DynamoStateStore.from_config(load_config(config))
         tasks = {t.task_id: t for t in store.tasks()}
@@ -123,6 +168,8 @@ class TestSlurmRun:
         assert all(job_ids) and len(job_ids) == len(tasks) - 1
         assert tasks[task.MANIFEST].slurm_job_id is None
         assert set(_sacct_states(job_ids).values()) == {"COMPLETED"}
+        batch_jobs = {t.slurm_job_id for t in tasks.values() if t.kind == "batch"}
+        assert len(batch_jobs) == (1 if grouped else 4), batch_jobs
         verify = subprocess.run(
             [ORCHESTRATOR, "manifest", "verify", "--configfile", str(configfile)],
             capture_output=True, text=True, timeout=120,
@@ -153,7 +200,7 @@ class TestSlurmRun:
 
         # A second invocation has nothing to do and submits nothing to Slurm.
         before = _all_slurm_jobs(tmp_path)
-        again = run_on_slurm(tmp_path, configfile)
+        again = run_on_slurm(tmp_path, configfile, *grouping)
         assert "Nothing to be done" in again.stdout + again.stderr
         assert _all_slurm_jobs(tmp_path) == before
 
@@ -222,3 +269,300 @@ class TestSlurmFailures:
         assert (batch.error_category, batch.slurm_job_id) == ("permanent", new_jobs[1])
         assert "killed by SIGABRT" in batch.error_message
         assert "(Slurm state FAILED)" in batch.error_message
+
+
+def _expected_stats(items: pl.DataFrame) -> pl.DataFrame:
+    """The example's grouped statistics, straight from the input with one polars query."""
+    v = pl.col("value").cast(pl.Int64)
+    return (
+        items.group_by("group")
+        .agg(
+            pl.len().cast(pl.Int64).alias("count"),
+            v.sum().alias("sum"),
+            v.min().alias("min"),
+            v.max().alias("max"),
+        )
+        .sort("group")
+    )
+
+
+class TestSlurmGroupJobs:
+    """profiles/slurm sends batches to Slurm in group jobs (``groups``, ``group-components``),
+    which orchestrator-slurm runs in one Snakemake process each."""
+
+    def test_batches_run_in_fewer_slurm_jobs_with_the_right_result(
+        self, tmp_path, make_config, slurm_cluster
+    ):
+        size = group_size()
+        n_batches = size + 2  # one full group job and one of two batches
+        items = make_records(n_batches * 50, seed=5)
+        items.write_parquet(tmp_path / "items.parquet")
+        config = make_config(
+            run_id="grouped", batching={"max_items": 50}, merge={"fan_in": 8, "mode": "reduce"}
+        )
+        configfile = write_config(tmp_path / "grouped.yaml", config)
+        result = run_on_slurm(tmp_path, configfile, *profile_group_args())
+
+        # Every batch is right: the final table is the polars query over the input.
+        layout = RunLayout(f"{config['output_root']}/grouped")
+        final = pl.read_parquet(layout.final).select("group", "count", "sum", "min", "max")
+        assert final.sort("group").equals(_expected_stats(items))
+        verify = subprocess.run(
+            [ORCHESTRATOR, "manifest", "verify", "--configfile", str(configfile)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+
+        # Fewer Slurm jobs than batches: two group jobs hold the twelve batches.
+        jobs = sorted(_all_slurm_jobs(tmp_path), key=int)
+        assert len(jobs) < n_batches, jobs
+        from orchestrator_ext.state.sqlite import SqliteStateStore
+
+        store = SqliteStateStore(layout.state_db, "grouped")
+        batches = [t for t in store.tasks() if t.kind == "batch"]
+        store.close()
+        assert len(batches) == n_batches
+        assert {str(t.status) for t in batches} == {"SUCCEEDED"}
+        assert all(t.attempt == 1 for t in batches)
+        per_job: dict[str, int] = {}
+        for t in batches:
+            per_job[str(t.slurm_job_id)] = per_job.get(str(t.slurm_job_id), 0) + 1
+        assert sorted(per_job.values()) == [2, size], per_job
+        assert "group_batches_process_batch" in result.stdout + result.stderr
+        for job in per_job:
+            # One CPU, and the batches ran in the batch script's own Snakemake process:
+            # no srun step per batch.
+            assert _sacct_field(job, "AllocCPUS") == "1"
+            assert _sacct_steps(job) == [f"{job}.batch"], _sacct_steps(job)
+
+    def test_a_crashed_batch_in_a_group_job_is_recorded_dead_and_not_resubmitted(
+        self, tmp_path, make_config, slurm_cluster, monkeypatch
+    ):
+        # Both batches abort (SIGABRT) in one group job: the first one to run takes the
+        # group job down; the executor records its attempt as a permanent failure from the
+        # Slurm state and the group's Slurm log, and does not resubmit the group.
+        monkeypatch.setenv("PYTHONPATH", str(REPO / "tests"))  # sbatch exports it
+        make_records(100, seed=3).write_parquet(tmp_path / "items.parquet")
+        config = make_config(
+            run_id="gcrash",
+            batching={"max_items": 50},
+            job={"function": "jobs_for_tests:abort_batch", "mode": "batch", "combine": None,
+                 "finalize": None},
+            merge={"mode": "concat"},
+        )  # fmt: skip
+        configfile = write_config(tmp_path / "gcrash.yaml", config)
+        result = run_on_slurm(tmp_path, configfile, *profile_group_args(), check=False)
+
+        assert result.returncode != 0
+        assert "not resubmitting" in result.stdout + result.stderr
+        jobs = sorted(_all_slurm_jobs(tmp_path), key=int)
+        assert len(jobs) == 2, jobs  # the partition, and the group job once
+        from orchestrator_ext.state.sqlite import SqliteStateStore
+
+        store = SqliteStateStore(RunLayout(f"{config['output_root']}/gcrash").state_db, "gcrash")
+        records = [store.get(f"batch-0000{i}") for i in range(2)]
+        store.close()
+        ran = [r for r in records if r is not None and r.attempt > 0]
+        assert len(ran) == 1, records  # the other batch never began
+        crashed = ran[0]
+        assert (crashed.attempt, str(crashed.status)) == (1, "DEAD")
+        assert (crashed.error_category, crashed.slurm_job_id) == ("permanent", jobs[1])
+        assert "killed by SIGABRT" in crashed.error_message
+        assert "(Slurm state FAILED)" in crashed.error_message
+
+
+class TestSlurmArrayJobs:
+    """Job arrays (--orchestrator-slurm-array-jobs; not in the profiles) keep failure
+    handling: an array task's Slurm log is found where Slurm writes it."""
+
+    def test_crashed_array_tasks_are_recorded_dead_and_submitted_once(
+        self, tmp_path, make_config, slurm_cluster, monkeypatch
+    ):
+        monkeypatch.setenv("PYTHONPATH", str(REPO / "tests"))  # sbatch exports it
+        make_records(100, seed=3).write_parquet(tmp_path / "items.parquet")
+        config = make_config(
+            run_id="acrash",
+            batching={"max_items": 50},
+            job={"function": "jobs_for_tests:abort_batch", "mode": "batch", "combine": None,
+                 "finalize": None},
+            merge={"mode": "concat"},
+        )  # fmt: skip
+        configfile = write_config(tmp_path / "acrash.yaml", config)
+        result = run_on_slurm(
+            tmp_path, configfile, "--orchestrator-slurm-array-jobs", "process_batch", check=False
+        )
+
+        output = result.stdout + result.stderr
+        assert result.returncode != 0
+        assert "Submitted array job" in output
+        assert "not resubmitting" in output
+        jobs = sorted(_all_slurm_jobs(tmp_path))
+        # The partition, and one array of two tasks, each run once.
+        assert len(jobs) == 3 and sum("_" in j for j in jobs) == 2, jobs
+        from orchestrator_ext.state.sqlite import SqliteStateStore
+
+        store = SqliteStateStore(RunLayout(f"{config['output_root']}/acrash").state_db, "acrash")
+        records = [store.get(f"batch-0000{i}") for i in range(2)]
+        store.close()
+        for record in records:
+            assert record is not None and (record.attempt, str(record.status)) == (1, "DEAD")
+            assert record.error_category == "permanent"
+            # The exit status comes from the task's Slurm log, which must be found.
+            assert "killed by SIGABRT" in record.error_message, record.error_message
+            assert "/rule_process_batch/" in record.error_message
+
+
+class TestArrayTaskLog:
+    """Array tasks as the executor tracks them: their state, their Slurm log (no cluster)."""
+
+    def test_sacct_is_asked_for_array_tasks_by_their_names(self):
+        import asyncio
+        import types
+
+        from snakemake_executor_plugin_orchestrator_slurm import array_task_states
+
+        asked = []
+
+        async def query_job_status(command: str, logger: Any) -> Any:
+            asked.append(command)
+            return {"830_1": "COMPLETED", "830_[2-6]": "PENDING"}, 0.01
+
+        plugin = types.SimpleNamespace(query_job_status=query_job_status)
+        array_task_states(plugin)
+        array_task_states(plugin)  # idempotent: wrapped once
+        assert plugin.query_job_status.__wrapped__ is query_job_status
+        command = "sacct -X --parsable2 --noheader --format=JobIdRaw,State --name x"
+        asyncio.run(plugin.query_job_status(command, None))
+        assert asked == ["sacct -X --parsable2 --noheader --format=JobID,State --name x"]
+
+    def test_the_orchestrator_slurm_executor_installs_both_status_fixes(self):
+        import snakemake_executor_plugin_slurm
+
+        import snakemake_executor_plugin_orchestrator_slurm  # noqa: F401
+
+        query = snakemake_executor_plugin_slurm.query_job_status
+        assert query.normalizes_slurm_states  # outermost: CANCELLED by <uid>
+        assert query.__wrapped__.array_task_states
+
+    @staticmethod
+    def _info(external: str, group: bool = False) -> Any:
+        from types import SimpleNamespace
+
+        job = SimpleNamespace(name="batches" if group else "process_batch", is_group=lambda: group)
+        return SimpleNamespace(job=job, external_jobid=external, aux={})
+
+    def test_array_task_log_is_where_slurm_writes_it(self, tmp_path):
+        from snakemake_executor_plugin_orchestrator_slurm import array_task_log
+
+        log = array_task_log(self._info("316_8"), tmp_path)
+        assert log == tmp_path / "rule_process_batch" / "316_8.log"
+        assert array_task_log(self._info("316"), tmp_path) is None
+        assert array_task_log(self._info(""), tmp_path) is None
+
+    def test_a_submission_is_noted_before_sbatch_for_every_member(self):
+        from types import SimpleNamespace
+
+        from orchestrator_ext.lost_attempt import JobEnd, job_notes, note_submission
+
+        class Member:  # hashable, as Snakemake's jobs are
+            pass
+
+        executor = SimpleNamespace()
+        members = [Member() for _ in range(3)]
+        group = SimpleNamespace(jobs=members)
+        job_notes(executor).ends[members[0]] = JobEnd(exit_code=1)  # a previous attempt's
+        note_submission(executor, group)
+        notes = job_notes(executor)
+        assert set(notes.since) == set(members) and not notes.ends
+        first = notes.since[members[1]]
+        note_submission(executor, members[1])  # a resubmission notes the new start
+        assert notes.since[members[1]] >= first
+
+    def test_group_cores_is_the_allocation_or_a_member_s_threads(self):
+        from types import SimpleNamespace
+
+        from snakemake_executor_plugin_orchestrator_slurm import group_cores
+
+        def group(cpus: Any, *threads: int) -> Any:
+            members = [SimpleNamespace(threads=t) for t in threads]
+            resources = {"cpus_per_task": cpus} if cpus is not None else {}
+            return SimpleNamespace(resources=resources, threads=sum(threads), jobs=members)
+
+        assert group_cores(group(1, 1, 1, 1)) == 1
+        assert group_cores(group(1, 4, 1)) == 4
+        assert group_cores(group(None, 1, 1)) == 2
+        assert group_cores(group(2, 1)) == 2
+
+
+GROUPED_SNAKEFILE = """\
+rule all:
+    input:
+        lambda wc: expand(
+            "done/d{i}.txt",
+            i=sorted(glob_wildcards(checkpoints.make.get().output[0] + "/p{i}.txt").i),
+        ),
+    output:
+        "all.txt",
+    shell:
+        "cat {input} > {output}"
+
+
+checkpoint make:
+    output:
+        directory("parts"),
+    shell:
+        "mkdir -p parts; for i in 0 1 2 3 4 5 6 7 8 9; do echo $i > parts/p$i.txt; done"
+
+
+rule work:
+    input:
+        "parts/p{i}.txt",
+    output:
+        "done/d{i}.txt",
+    shell:
+        "cp {input} {output}"
+"""
+
+
+class TestStableGroupComponents:
+    """Snakemake 9.27 grew and overlapped ``--group-components`` groups when a run resumed
+    after a checkpoint (the DAG is post-processed twice), and then submitted a running group
+    job again and again; the orchestrator-slurm plugin module makes every post-processing
+    give the same disjoint groups (``stable_group_components``). Local, no cluster."""
+
+    def test_a_resumed_run_puts_every_job_in_one_group_of_at_most_n(self, tmp_path):
+        (tmp_path / "Snakefile").write_text(GROUPED_SNAKEFILE)
+        grouping = ["--groups", "work=g", "--group-components", "g=3"]
+        cmd = [SNAKEMAKE, "--cores", "1", "--directory", str(tmp_path), *grouping]
+        first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert first.returncode == 0, first.stderr[-3000:]
+        for i in range(6):  # six of the ten jobs must run again, after the checkpoint
+            (tmp_path / "done" / f"d{i}.txt").unlink()
+        (tmp_path / "all.txt").unlink()
+
+        dry = subprocess.run(
+            [*cmd, "--dry-run"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
+        assert dry.returncode == 0, dry.stderr[-3000:]
+        groups: list[list[str]] = []
+        for line in (dry.stdout + dry.stderr).splitlines():
+            if "Group job" in line:
+                groups.append([])
+            elif "wildcards: i=" in line and groups:
+                groups[-1].append(line.split("i=", 1)[1].strip())
+        assert sorted(sorted(g) for g in groups) == [["0", "1", "2"], ["3", "4", "5"]], groups
+
+    def test_snakemake_installs_the_patch_once_with_its_plugins(self):
+        # As the snakemake command does: importing snakemake.workflow loads snakemake.dag,
+        # then every executor plugin (the registry in snakemake.scheduling.job_scheduler).
+        probe = (
+            "import snakemake.cli, snakemake.dag as d\n"
+            "import snakemake_executor_plugin_orchestrator_slurm as p\n"
+            "patched = d.DAG._update_group_components\n"
+            "p.stable_group_components(d)\n"
+            "print(patched.stable_group_components, d.DAG._update_group_components is patched)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+        )
+        assert out.stdout.split() == ["True", "True"], out.stderr[-3000:]

@@ -186,10 +186,11 @@ class TestResourceEscalation:
         assert [(t.to_status, t.attempt) for t in log][1:] == [
             ("RUNNING", 1), ("FAILED", 1), ("RUNNING", 2), ("SUCCEEDED", 2),
         ]  # fmt: skip
-        assert log[2].detail.startswith("resource: MemoryError")
+        assert (log[2].detail or "").startswith("resource: MemoryError")
         assert [t.slurm_job_id for t in log if t.to_status == "RUNNING"] == [
             j["id"] for j in batch1
         ]
+        assert record is not None
         assert record.attempt == 2 and record.slurm_job_id == batch1[1]["id"]
         assert read_json(_layout(config).result_record(1))["attempts"] == 2
         failed_at = next(t.at for t in log if t.to_status == "FAILED")
@@ -297,3 +298,84 @@ class TestCancelledStateIsAFailure:
         import snakemake_executor_plugin_orchestrator_slurm  # noqa: F401
 
         assert snakemake_executor_plugin_slurm.query_job_status.normalizes_slurm_states
+
+
+@on_slurm
+class TestKilledCoordinatorWithGroupJobs:
+    """profiles/slurm's group jobs (several batches in one Slurm job) keep recovery intact:
+    a SIGKILLed coordinator whose group jobs are cancelled mid-way is run again, every
+    batch committed before the kill is kept, the others are computed once, nothing is lost."""
+
+    def test_killed_coordinator_and_cancelled_group_jobs_recover(
+        self,
+        tmp_path: Path,
+        slow_jobs_on_path,
+        record_property,
+    ) -> None:
+        from test_slurm import profile_group_args
+
+        _items().write_parquet(tmp_path / "items.parquet")
+        # 10 batches of 20 items at 0.1 s: two group jobs of five batches, about 2 s a batch.
+        config = base_config(
+            tmp_path,
+            run_id="gkill",
+            batching={"max_items": 20},
+            job=slow_double_job(0.1),
+            merge={"fan_in": 4, "mode": "concat"},
+            resources=RESOURCES,
+        )
+        configfile = write_config(tmp_path / "gkill.yaml", config)
+        results = Path(_layout(config).run_dir, "results")
+        group_args = profile_group_args(batches=5)
+
+        log = tmp_path / "snakemake.log"
+        started = time.monotonic()
+        with open(log, "w") as out:
+            run = subprocess.Popen(
+                [*_slurm_cmd(tmp_path, configfile), *group_args], cwd=tmp_path, stdout=out,
+                stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True,
+            )  # fmt: skip
+            try:
+                while len(list(results.glob("batch-*.json"))) < 2:
+                    assert run.poll() is None, log.read_text()[-4000:]
+                    assert time.monotonic() - started < 200, "no batch committed"
+                    time.sleep(0.2)
+                time.sleep(1.5)  # midway: a few batches committed, both group jobs running
+                os.kill(run.pid, signal.SIGKILL)  # the coordinator only; its jobs go on
+                killed = time.time()
+                run.wait(timeout=30)
+            finally:
+                if run.poll() is None:
+                    os.killpg(run.pid, signal.SIGKILL)
+                    run.wait(timeout=30)
+            jobs = _slurm_jobs(tmp_path)
+            groups = [j for j in jobs if j["comment"].startswith("rule_batches")]
+            assert groups and all(j["state"] in ("RUNNING", "PENDING") for j in groups), jobs
+            subprocess.run(["scancel", *(j["id"] for j in groups)], check=True, timeout=30)
+            while any(j["state"] in ("RUNNING", "PENDING") for j in _slurm_jobs(tmp_path)):
+                time.sleep(0.5)
+        # Batches whose record was published well before the kill (a batch commits, then
+        # its job's Snakemake marks it complete a moment later).
+        kept = {p.stem for p in results.glob("batch-*.json") if p.stat().st_mtime < killed - 1}
+        assert 0 < len(kept) < 10, kept
+
+        rerun_started = time.monotonic()
+        again = run_on_slurm(tmp_path, configfile, *group_args)
+        report(record_property, "slurm group kill: rerun", time.monotonic() - rerun_started)
+
+        _assert_conserved(config)
+        final = pl.read_parquet(_layout(config).final).sort("id")
+        assert final["doubled"].to_list() == [i * 20 for i in range(N_ITEMS)]
+        store = _store(config)
+        batches = [t for t in store.tasks() if t.kind == "batch"]
+        commits = {
+            t.task_id: sum(x.to_status == "SUCCEEDED" for x in store.transitions(t.task_id))
+            for t in batches
+        }
+        attempts = {t.task_id: t.attempt for t in batches}
+        store.close()
+        assert len(batches) == 10 and all(n >= 1 for n in commits.values()), commits
+        assert all(commits[b] == 1 and attempts[b] == 1 for b in kept), (kept, commits)
+        # The rerun computed only what was missing, in group jobs again.
+        assert "group_batches_process_batch" in again.stdout + again.stderr
+        assert sum(n == 1 for n in commits.values()) >= len(kept)
