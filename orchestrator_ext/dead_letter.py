@@ -37,20 +37,46 @@ def dead_letter(item_id: Any, exc: BaseException, attempt: int) -> dict[str, Any
     }
 
 
+def allowed_dead(n_items: int, max_fraction: float) -> int:
+    """The most dead letters a batch of ``n_items`` may have within ``max_fraction``: the
+    count ``check_tolerance`` accepts, found with its own comparison (``k / n``, not
+    ``floor(f * n)``, which rounds 0.29 * 100 down to 28)."""
+    if not n_items:
+        return 0
+    allowed = int(max_fraction * n_items)
+    while allowed < n_items and (allowed + 1) / n_items <= max_fraction:
+        allowed += 1
+    while allowed > 0 and allowed / n_items > max_fraction:
+        allowed -= 1
+    return allowed
+
+
 def check_tolerance(
-    batch: str, n_items: int, dead: list[dict[str, Any]], max_fraction: float
+    batch: str,
+    n_items: int,
+    dead: list[dict[str, Any]],
+    max_fraction: float,
+    stopped_after: int | None = None,
 ) -> None:
     """Fail the batch when its dead-lettered fraction exceeds the tolerance.
+
+    ``stopped_after``: the items worked through when the job stopped early because the
+    tolerance was already exceeded (the count is then a lower bound).
 
     Raises:
         BatchFailed: naming the counts, the tolerance and the first failure.
     """
-    if not n_items or len(dead) / n_items <= max_fraction:
+    if len(dead) <= allowed_dead(n_items, max_fraction):
         return
     first = dead[0]
+    stopped = (
+        f"; stopped after {stopped_after} of {n_items} items, the rest not run"
+        if stopped_after is not None and stopped_after < n_items
+        else ""
+    )
     raise BatchFailed(
         f"batch {batch}: {len(dead)} of {n_items} items failed "
-        f"({len(dead) / n_items:.1%} > tolerance {max_fraction:.1%}); "
+        f"({len(dead) / n_items:.1%} > tolerance {max_fraction:.1%}){stopped}; "
         f"first: id {first['id']}: {first['message']}"
     )
 

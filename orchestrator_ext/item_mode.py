@@ -24,17 +24,23 @@ from typing import Any, overload
 
 import polars as pl
 
-from orchestrator_ext.dead_letter import dead_letter
+from orchestrator_ext.dead_letter import allowed_dead, check_tolerance, dead_letter
 from orchestrator_ext.errors import Category, SchemaMismatch, classify, describe
 from orchestrator_ext.output_schema import with_input_dtypes
 from orchestrator_ext.runner import BatchOutcome, JobCall, kind_of, short_repr
-from orchestrator_ext.workers import Called, ItemCalls
+from orchestrator_ext.workers import Called, ItemCalls, failed_for_good
 
 logger = logging.getLogger(__name__)
 
 
 def run_item_mode(
-    items: pl.DataFrame, call: JobCall, start: int = 0, deadline: float | None = None
+    items: pl.DataFrame,
+    call: JobCall,
+    start: int = 0,
+    deadline: float | None = None,
+    max_dead_fraction: float | None = None,
+    batch_items: int | None = None,
+    dead_before: Sequence[dict[str, Any]] = (),
 ) -> BatchOutcome:
     """Call the job per item; collect returned rows and dead-letter permanent failures.
 
@@ -45,6 +51,13 @@ def run_item_mode(
         deadline: ``time.monotonic()`` value after which to stop starting items (at
             least one is done); ``items_done`` of the outcome says how far it got. The
             items started are finished, their retries included.
+        max_dead_fraction: the batch's tolerance. Once more items failed permanently than
+            it allows (``dead_before`` counted), no more are started and the batch fails:
+            a job that fails on every item stops after a few, not after the whole batch.
+            None: work through every item.
+        batch_items: the whole batch's size (``items`` may be a slice of it); default
+            ``items.height``.
+        dead_before: the batch's dead letters from earlier slices (chunks).
 
     A return other than a dict (one row), a list of dicts or None (no row) dead-letters
     the item as a permanent ``TypeError``.
@@ -52,14 +65,31 @@ def run_item_mode(
     Raises:
         MemoryError: a resource error aborts the batch (it is retried with more memory).
         SchemaMismatch: two items returned values of different types under one key.
+        BatchFailed: the tolerance was exceeded before the last item (permanent).
     """
     calls = call.items or ItemCalls(call.fn, call.ctx, call.id_column, call.faults)
     batch = FrameRows(items)
     faults = call.faults
     before = (lambda position: faults.before_step(start + position)) if faults else None
-    outcomes = _checked(calls.map(batch, deadline, before))
-    _retry_transient(batch, outcomes, calls, call)
+    n_batch = batch_items if batch_items is not None else items.height
+    max_failures = None
+    if max_dead_fraction is not None:
+        max_failures = allowed_dead(n_batch, max_dead_fraction) - len(dead_before)
+    outcomes = _checked(calls.map(batch, deadline, before, max_failures))
     ids = items.get_column(call.id_column).head(len(outcomes)).to_list()
+    if max_dead_fraction is not None:
+        failed = [
+            (i, o) for i, o in zip(ids, outcomes, strict=True)
+            if o.error is not None and failed_for_good(o)
+        ]  # fmt: skip
+        if len(failed) > (max_failures or 0):
+            # Past the tolerance: the batch fails whatever the rest and retries would give.
+            dead = [dead_letter(i, o.error, call.ctx.attempt) for i, o in failed if o.error]
+            check_tolerance(
+                call.ctx.batch_id, n_batch, [*dead_before, *dead], max_dead_fraction,
+                stopped_after=start + len(outcomes),
+            )  # fmt: skip
+    _retry_transient(batch, outcomes, calls, call)
     return _assemble(ids, outcomes, call, items.schema)
 
 

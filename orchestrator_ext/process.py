@@ -180,7 +180,7 @@ def _run_job(
         if chunks is not None:
             return _run_in_chunks(config, store, attempt, items, call, chunks)
         if job.mode == "item":
-            return run_item_mode(items, call)
+            return run_item_mode(items, call, max_dead_fraction=config.max_dead_letter_fraction)
         return run_batch_mode(items, call, max_dead_fraction=config.max_dead_letter_fraction)
 
 
@@ -216,7 +216,7 @@ def _run_in_chunks(
     id_dtype = items.schema[call.id_column]
     position = chunks.items_done
     # The dead letters of chunks persisted by earlier attempts count against the tolerance
-    # that stops bisection early (batch mode), as they do in process_batch's final check.
+    # that stops the batch early (bisection, or items), as they do in the final check.
     dead_so_far = chunks.dead_letters()
     while position < items.height:
         started = time.monotonic()
@@ -225,6 +225,8 @@ def _run_in_chunks(
             part = run_item_mode(
                 items.slice(position, spec.every_items or items.height), call,
                 start=position, deadline=deadline,
+                max_dead_fraction=config.max_dead_letter_fraction,
+                batch_items=items.height, dead_before=dead_so_far,
             )  # fmt: skip
             results, dead, end = [part.result], part.dead, position + (part.items_done or 0)
         else:

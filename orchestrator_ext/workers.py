@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from orchestrator_ext.errors import Category, OrchestratorError
+from orchestrator_ext.errors import Category, OrchestratorError, classify
 
 if TYPE_CHECKING:
     from orchestrator_ext.faults import FaultInjector
@@ -126,6 +126,11 @@ def _merged(
     return merged
 
 
+def failed_for_good(called: Called) -> bool:
+    """The call failed permanently: its item is dead-lettered whatever retries give."""
+    return called.error is not None and classify(called.error) is Category.PERMANENT
+
+
 def _unpickled(data: bytes, n: int) -> list[Called]:
     try:
         called = pickle.loads(data)
@@ -181,21 +186,25 @@ class ItemCalls:
         items: Sequence[dict[str, Any]],
         deadline: float | None = None,
         before: Callable[[int], None] | None = None,
+        max_failures: int | None = None,
     ) -> list[Called]:
         """One ``Called`` per item handed over, in the order of ``items``.
 
         Items are handed over in order, in slices of about ``SLICE_SECONDS`` of work, with
         ``workers * IN_FLIGHT_PER_WORKER`` slices in flight, until all are, or until
-        ``deadline`` (``time.monotonic()``) has passed with at least one handed over: the
-        result then covers a prefix of ``items``. ``before(position)`` is called for each
-        item just before it is handed over (injected faults that end the process).
+        ``deadline`` (``time.monotonic()``) has passed with at least one handed over, or
+        until more than ``max_failures`` calls failed permanently (the batch is past its
+        tolerance whatever the rest gives): the result then covers a prefix of ``items``.
+        ``before(position)`` is called for each item just before it is handed over
+        (injected faults that end the process).
 
         Raises:
             WorkerLost: a process worker died.
         """
         if self.workers == 1:
-            return self._in_turn(items, deadline, before)
+            return self._in_turn(items, deadline, before, max_failures)
         results: list[Called] = []
+        failures = 0
         in_flight: collections.deque[tuple[concurrent.futures.Future[Any], int]] = (
             collections.deque()
         )
@@ -205,13 +214,18 @@ class ItemCalls:
                 while position < len(items) and len(in_flight) < self._depth():
                     if position and deadline is not None and time.monotonic() >= deadline:
                         break
+                    if max_failures is not None and failures > max_failures:
+                        break
                     end = min(len(items), position + self._slice())
                     in_flight.append(self._hand_over(items, position, end, before))
                     position = end
                 if not in_flight:
                     break
                 future, size = in_flight.popleft()
-                results += future.result()
+                called = future.result()
+                if max_failures is not None:
+                    failures += sum(1 for c in called if c.error is not None and failed_for_good(c))
+                results += called
                 now = time.monotonic()
                 self._observe(size / max(now - last, 1e-3))
                 last = now
@@ -227,11 +241,13 @@ class ItemCalls:
         items: Sequence[dict[str, Any]],
         deadline: float | None,
         before: Callable[[int], None] | None,
+        max_failures: int | None,
     ) -> list[Called]:
         """``map`` with one worker: each item called here, in turn (no pool, no futures:
         this is every batch's path by default, and a cheap item costs microseconds)."""
         fn, ctx, faults, id_column = self.fn, self.ctx, self.faults, self.id_column
         results: list[Called] = []
+        failures = 0
         for position, item in enumerate(items):
             if position and deadline is not None and time.monotonic() >= deadline:
                 break
@@ -239,12 +255,19 @@ class ItemCalls:
                 before(position)
             fault = faults.item_fault(item[id_column]) if faults else None
             if fault is not None:
-                results.append(Called(error=fault))
-                continue
-            try:
-                results.append(Called(fn(item, ctx)))
-            except Exception as exc:
-                results.append(Called(error=exc))
+                called = Called(error=fault)
+            else:
+                try:
+                    results.append(Called(fn(item, ctx)))
+                    continue
+                except Exception as exc:
+                    called = Called(error=exc)
+            results.append(called)
+            # Only failures are counted: a successful call costs no classification.
+            if max_failures is not None and failed_for_good(called):
+                failures += 1
+                if failures > max_failures:
+                    break
         return results
 
     def _depth(self) -> int:

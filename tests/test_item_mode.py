@@ -9,11 +9,17 @@ import polars as pl
 import pytest
 
 from orchestrator_ext.config import RetrySpec
-from orchestrator_ext.dead_letter import dead_letter_frame
-from orchestrator_ext.errors import PermanentError, SchemaMismatch, TransientError
+from orchestrator_ext.dead_letter import (
+    allowed_dead,
+    check_tolerance,
+    dead_letter,
+    dead_letter_frame,
+)
+from orchestrator_ext.errors import BatchFailed, PermanentError, SchemaMismatch, TransientError
 from orchestrator_ext.item_mode import item_rows, run_item_mode
 from orchestrator_ext.job import JobContext
 from orchestrator_ext.runner import JobCall
+from orchestrator_ext.workers import ItemCalls
 
 
 def _echo_or_fail(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
@@ -120,6 +126,79 @@ class TestRunItemMode:
         ctx = JobContext(run_id="r", batch_id="00000", attempt=1)
         with pytest.raises(MemoryError):
             run_item_mode(pl.DataFrame({"id": [1]}), JobCall(oom, ctx, "id", RetrySpec()))
+
+    def test_a_job_failing_on_every_item_stops_once_past_the_tolerance(self) -> None:
+        # Before: the job was called on all 1,000 items (hours of a broken job on a real
+        # batch) and the batch failed only at the end.
+        calls: list[int] = []
+
+        def broken(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+            calls.append(item["id"])
+            raise PermanentError(f"bad code for {item['id']}")
+
+        ctx = JobContext(run_id="r", batch_id="00004", attempt=1)
+        call = JobCall(broken, ctx, "id", RetrySpec())
+        items = pl.DataFrame({"id": list(range(1000))})
+        with pytest.raises(
+            BatchFailed,
+            match=r"^batch 00004: 101 of 1000 items failed \(10\.1% > tolerance 10\.0%\); "
+            r"stopped after 101 of 1000 items, the rest not run; first: id 0: ",
+        ):
+            run_item_mode(items, call, max_dead_fraction=0.1)
+        assert calls == list(range(101))
+
+    def test_a_chunk_counts_the_dead_letters_of_earlier_chunks(self) -> None:
+        calls: list[int] = []
+
+        def broken(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+            calls.append(item["id"])
+            raise PermanentError("bad")
+
+        ctx = JobContext(run_id="r", batch_id="00001", attempt=1)
+        earlier = [dead_letter(i, PermanentError("bad"), 1) for i in range(3)]
+        items = pl.DataFrame({"id": list(range(10, 20))})
+        with pytest.raises(BatchFailed, match=r"4 of 20 items failed .* stopped after 11 of 20"):
+            run_item_mode(
+                items, JobCall(broken, ctx, "id", RetrySpec()), start=10,
+                max_dead_fraction=0.15, batch_items=20, dead_before=earlier,
+            )  # fmt: skip
+        assert calls == [10]  # 3 earlier + 1 = 4 > 3 allowed (15% of 20)
+
+    @pytest.mark.parametrize("fraction", [0.29, 0.07, 0.5, 1.0])
+    def test_within_the_tolerance_every_item_runs_and_nothing_fails(self, fraction) -> None:
+        # Exactly as many failures as the tolerance allows (0.29 of 100: 29, which a
+        # floor(0.29 * 100) = 28 would refuse): the batch completes with its dead letters.
+        n_bad = allowed_dead(100, fraction)
+        assert n_bad == round(fraction * 100)
+        ctx = JobContext(run_id="r", batch_id="00000", attempt=1)
+
+        def some_bad(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+            if item["id"] < n_bad:
+                raise PermanentError("bad")
+            return {"id": item["id"]}
+
+        outcome = run_item_mode(
+            pl.DataFrame({"id": list(range(100))}),
+            JobCall(some_bad, ctx, "id", RetrySpec()),
+            max_dead_fraction=fraction,
+        )
+        assert len(outcome.dead) == n_bad and outcome.result.height == 100 - n_bad
+        check_tolerance("00000", 100, outcome.dead, fraction)  # the final check agrees
+
+    def test_on_a_thread_pool_the_batch_stops_within_the_slices_in_flight(self) -> None:
+        calls: list[int] = []
+
+        def broken(item: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+            calls.append(item["id"])
+            raise PermanentError("bad")
+
+        ctx = JobContext(run_id="r", batch_id="00000", attempt=1, workers=4)
+        items = pl.DataFrame({"id": list(range(20_000))})
+        with ItemCalls(broken, ctx, "id", workers=4, pool="thread") as on_threads:
+            call = JobCall(broken, ctx, "id", RetrySpec(), items=on_threads)
+            with pytest.raises(BatchFailed, match=r"stopped after \d+ of 20000 items"):
+                run_item_mode(items, call, max_dead_fraction=0.01)
+        assert 201 <= len(calls) < 20_000 / 2, len(calls)
 
     def test_a_key_of_two_types_is_a_schema_mismatch(self) -> None:
         ctx = JobContext(run_id="r", batch_id="00002", attempt=1)
