@@ -386,6 +386,25 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path, make_config) -> None:
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
 
 
+def test_the_command_runs_as_a_module_too(tmp_path: Path, make_config) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(make_config(run_id="as-module")))
+    module = [sys.executable, "-m", "orchestrator_ext.cli"]
+    helped = subprocess.run([*module, "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "status" in helped.stdout, helped.stderr
+    # Its exit code and one-line error, as from the console script.
+    result = subprocess.run(
+        [*module, "status", "--configfile", str(path)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == EXIT_USER_ERROR
+    assert result.stderr.startswith("orchestrator: error: no state store at ")
+    assert "Traceback" not in result.stderr
+
+
 def printing_item(item: dict[str, Any], ctx: Any) -> dict[str, Any]:
     """Item mode: prints a line per item (which must not reach the report on stdout)."""
     print(f"working on {item['id']}")
