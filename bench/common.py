@@ -142,11 +142,20 @@ def machine_line(facts: dict[str, str], loads: list[float] | None = None) -> str
 
 
 def markers(name: str) -> tuple[str, str]:
-    """The comment lines around benchmark ``name``'s section of docs/benchmarks.md."""
+    """The comment lines around benchmark ``name``'s section of docs/benchmarks.md. A name
+    ``"SCRIPT ARGS"`` is a second workload of one script, with a section of its own."""
+    script, _, variant = name.partition(" ")
+    label = f"bench/{script}.py" + (f" {variant}" if variant else "")
     return (
-        f"<!-- BEGIN bench/{name}.py (generated: rerun the benchmark, do not edit by hand) -->",
-        f"<!-- END bench/{name}.py -->",
+        f"<!-- BEGIN {label} (generated: rerun the benchmark, do not edit by hand) -->",
+        f"<!-- END {label} -->",
     )
+
+
+def results_path(name: str) -> Path:
+    """Where benchmark ``name``'s raw figures go (``"reduce --rows 300000000"``:
+    ``reduce_rows_300000000.json``)."""
+    return RESULTS / (re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_") + ".json")
 
 
 def write_section(name: str, body: str) -> None:
@@ -166,14 +175,14 @@ def write_section(name: str, body: str) -> None:
 def save_results(name: str, results: dict[str, Any]) -> Path:
     """Write benchmark ``name``'s raw figures to bench/results/<name>.json."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    path = results_path(name)
     path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     return path
 
 
 def load_results(name: str) -> dict[str, Any] | None:
     """Benchmark ``name``'s last raw figures, or None."""
-    path = RESULTS / f"{name}.json"
+    path = results_path(name)
     return json.loads(path.read_text()) if path.exists() else None
 
 
