@@ -146,7 +146,7 @@ def cases(args: argparse.Namespace, work: Path, items: Path) -> dict[str, Any]:
     """{case: (command, cwd, output file, files to keep between runs)}."""
     found: dict[str, Any] = {}
     for n in args.batches:
-        if "plain" in args.sides:
+        if "plain" in args.sides and (args.plain_batches is None or n in args.plain_batches):
             cwd = work / f"plain-{n}"
             cwd.mkdir(parents=True, exist_ok=True)
             (cwd / "Snakefile").write_text(PLAIN_SNAKEFILE)
@@ -255,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batches", type=int, nargs="+", default=[200, 1000, 3000])
     parser.add_argument("--sides", nargs="+", default=["plain", "ours"], choices=["plain", "ours"])
+    parser.add_argument(
+        "--plain-batches", type=int, nargs="*", default=None,
+        help="the batch counts (of --batches) the plain Snakefile runs at (default: all)",
+    )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="py-spy the largest count")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the runs here")

@@ -219,7 +219,8 @@ class TestItemModeRun:
         )
         output = result.stdout + result.stderr
         assert result.returncode != 0
-        assert "2 of 2 items failed" in output
+        # The default tolerance (0.0) is exceeded by the first failure: item 2 is not run.
+        assert "1 of 2 items failed (50.0% > tolerance 0.0%); stopped after 1 of 2 items" in output
         assert not Path(_layout(config).result(0)).exists()
         # A permanent failure is not resubmitted, although the profile allows retries.
         assert "permanent failure" in output and "not resubmitting" in output
