@@ -200,7 +200,7 @@ def render(results: dict[str, Any], facts: dict[str, str], args: argparse.Namesp
     verdict = "met" if results["ratio"] <= TARGET else "not met"
     return "\n".join(
         [
-            "## Reduce: grouped statistics of 10 million rows",
+            f"## Reduce: grouped statistics of {results['rows'] / 1e6:,.0f} million rows",
             "",
             f"`bench/reduce.py --rows {results['rows']} --batches {results['batches']} "
             f"--fan-in {results['fan_in']} --repeats {args.repeats}`. {results['rows']:,} "
