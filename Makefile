@@ -57,20 +57,21 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install --quiet -e ".[test,bench]" --config-settings editable_mode=compat
 	touch $@ $(VENV)/.installed-test $(VENV)/.installed
 
-## bench: every benchmark (not tests; about three hours), then docs/benchmarks.md and its plot
+## bench: every benchmark (not tests; about two and a half hours on 2 cores), then docs/benchmarks.md and its plot
 bench: $(VENV)/.installed-bench
 	VENV=$(VENV) bash tests/services/setup.sh slurm
 	VENV=$(VENV) bash tests/services/setup.sh moto
 	$(BIN)/python bench/cpu.py
 	$(BIN)/python bench/plan.py --batches 1000 10000 30000 --no-bare-script
 	$(BIN)/python bench/reduce.py
+	$(BIN)/python bench/reduce.py --rows 300000000 --batches 30 --fan-in 8 --repeats 1
 	$(BIN)/python bench/merge_memory.py
 	$(BIN)/python bench/partition_memory.py
 	$(BIN)/python bench/requests.py
 	$(BIN)/python bench/slurm.py
 	$(BIN)/python bench/slurm_jobs.py
 	$(BIN)/python bench/workers.py
-	$(BIN)/python bench/batches.py
+	$(BIN)/python bench/batches.py --plain-batches 200 1000
 	$(BIN)/python bench/plot.py
 
 clean:
