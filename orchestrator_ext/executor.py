@@ -44,6 +44,7 @@ from orchestrator_ext.lost_attempt import (
     job_store,
     log_tail,
     note_job_end,
+    note_submission,
     record_lost_attempt,
     single_jobs,
     slurm_state_in_message,
@@ -148,12 +149,7 @@ class RecordsLostAttempts:
     logger: Any
 
     def run_job(self, job: Any) -> None:
-        now = datetime.now(UTC)
-        notes = job_notes(self)
-        with notes.lock:
-            for one in single_jobs(job):
-                notes.since[one] = now
-                notes.ends.pop(one, None)
+        note_submission(self, job)
         super().run_job(job)  # type: ignore[misc]
 
     def report_job_submission(self, job_info: Any) -> None:

@@ -296,9 +296,9 @@ def note_job_end(executor: Any, job: Any, **fields: Any) -> None:
 
 def note_submission(executor: Any, job: Any) -> None:
     """Note that ``job`` (each member of a group job) is about to be submitted: the attempt
-    it runs starts after now. Executors whose jobs all pass through ``run_job`` need not call
-    it (``RecordsLostAttempts.run_job`` notes the same); the Slurm plugin submits array jobs
-    without, and reports their tasks only once ``sbatch`` returned, which a task may outrun.
+    it runs starts after now. ``RecordsLostAttempts.run_job`` calls it for every job; the
+    Slurm plugin submits array jobs without ``run_job``, and reports their tasks only once
+    ``sbatch`` returned, which a task may outrun, so orchestrator-slurm calls it before.
     """
     now = datetime.now(UTC)
     notes = job_notes(executor)
