@@ -104,6 +104,34 @@ def _sacct_field(job_id: str, field: str) -> str:
     return out.strip()
 
 
+def aborting_run(
+    tmp_path: Path, make_config: Any, monkeypatch: pytest.MonkeyPatch, run_id: str, n_items: int
+) -> tuple[dict[str, Any], Path]:
+    """A run of batches of 50 items whose job aborts (SIGABRT) before it can record anything
+    (``jobs_for_tests:abort_batch``): its config and config file."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "tests"))  # sbatch exports it
+    make_records(n_items, seed=3).write_parquet(tmp_path / "items.parquet")
+    config = make_config(
+        run_id=run_id,
+        batching={"max_items": 50},
+        job={"function": "jobs_for_tests:abort_batch", "mode": "batch", "combine": None,
+             "finalize": None},
+        merge={"mode": "concat"},
+    )  # fmt: skip
+    return config, write_config(tmp_path / f"{run_id}.yaml", config)
+
+
+def batch_records(config: dict[str, Any], n_batches: int) -> list[Any]:
+    """The state store's records of a run's first ``n_batches`` batches (None: no record)."""
+    from orchestrator_ext.state.sqlite import SqliteStateStore
+
+    run_id = config["run_id"]
+    store = SqliteStateStore(RunLayout(f"{config['output_root']}/{run_id}").state_db, run_id)
+    records = [store.get(f"batch-{i:05d}") for i in range(n_batches)]
+    store.close()
+    return records
+
+
 def run_on_slurm(
     workdir: Path, configfile: Path, *extra: str, check: bool = True
 ) -> subprocess.CompletedProcess:
@@ -233,10 +261,7 @@ class TestSlurmFailures:
         assert len(new_jobs) == 2, new_jobs
         states = _sacct_states(new_jobs)
         assert states[new_jobs[0]] == "COMPLETED" and states[new_jobs[1]] == "FAILED"
-        from orchestrator_ext.state.sqlite import SqliteStateStore
-
-        store = SqliteStateStore(RunLayout(f"{config['output_root']}/perm").state_db, "perm")
-        batch = store.get("batch-00000")
+        [batch] = batch_records(config, 1)
         assert batch is not None and batch.attempt == 1 and str(batch.status) == "DEAD"
         assert batch.slurm_job_id == new_jobs[1]
 
@@ -245,26 +270,14 @@ class TestSlurmFailures:
     ):
         # The batch's process aborts (SIGABRT) before it can record anything: the executor
         # records the attempt from Slurm's state and the error in the Slurm log.
-        monkeypatch.setenv("PYTHONPATH", str(REPO / "tests"))  # sbatch exports it
-        make_records(50, seed=3).write_parquet(tmp_path / "items.parquet")
-        config = make_config(
-            run_id="crash",
-            job={"function": "jobs_for_tests:abort_batch", "mode": "batch", "combine": None,
-                 "finalize": None},
-            merge={"mode": "concat"},
-        )  # fmt: skip
-        configfile = write_config(tmp_path / "crash.yaml", config)
+        config, configfile = aborting_run(tmp_path, make_config, monkeypatch, "crash", 50)
         result = run_on_slurm(tmp_path, configfile, check=False)
 
         assert result.returncode != 0
         assert "not resubmitting" in result.stdout + result.stderr
         new_jobs = sorted(_all_slurm_jobs(tmp_path), key=int)
         assert len(new_jobs) == 2, new_jobs  # the partition, and the batch once
-        from orchestrator_ext.state.sqlite import SqliteStateStore
-
-        store = SqliteStateStore(RunLayout(f"{config['output_root']}/crash").state_db, "crash")
-        batch = store.get("batch-00000")
-        store.close()
+        [batch] = batch_records(config, 1)
         assert batch is not None and (batch.attempt, str(batch.status)) == (1, "DEAD")
         assert (batch.error_category, batch.slurm_job_id) == ("permanent", new_jobs[1])
         assert "killed by SIGABRT" in batch.error_message
@@ -341,27 +354,14 @@ class TestSlurmGroupJobs:
         # Both batches abort (SIGABRT) in one group job: the first one to run takes the
         # group job down; the executor records its attempt as a permanent failure from the
         # Slurm state and the group's Slurm log, and does not resubmit the group.
-        monkeypatch.setenv("PYTHONPATH", str(REPO / "tests"))  # sbatch exports it
-        make_records(100, seed=3).write_parquet(tmp_path / "items.parquet")
-        config = make_config(
-            run_id="gcrash",
-            batching={"max_items": 50},
-            job={"function": "jobs_for_tests:abort_batch", "mode": "batch", "combine": None,
-                 "finalize": None},
-            merge={"mode": "concat"},
-        )  # fmt: skip
-        configfile = write_config(tmp_path / "gcrash.yaml", config)
+        config, configfile = aborting_run(tmp_path, make_config, monkeypatch, "gcrash", 100)
         result = run_on_slurm(tmp_path, configfile, *profile_group_args(), check=False)
 
         assert result.returncode != 0
         assert "not resubmitting" in result.stdout + result.stderr
         jobs = sorted(_all_slurm_jobs(tmp_path), key=int)
         assert len(jobs) == 2, jobs  # the partition, and the group job once
-        from orchestrator_ext.state.sqlite import SqliteStateStore
-
-        store = SqliteStateStore(RunLayout(f"{config['output_root']}/gcrash").state_db, "gcrash")
-        records = [store.get(f"batch-0000{i}") for i in range(2)]
-        store.close()
+        records = batch_records(config, 2)
         ran = [r for r in records if r is not None and r.attempt > 0]
         assert len(ran) == 1, records  # the other batch never began
         crashed = ran[0]
@@ -378,16 +378,7 @@ class TestSlurmArrayJobs:
     def test_crashed_array_tasks_are_recorded_dead_and_submitted_once(
         self, tmp_path, make_config, slurm_cluster, monkeypatch
     ):
-        monkeypatch.setenv("PYTHONPATH", str(REPO / "tests"))  # sbatch exports it
-        make_records(100, seed=3).write_parquet(tmp_path / "items.parquet")
-        config = make_config(
-            run_id="acrash",
-            batching={"max_items": 50},
-            job={"function": "jobs_for_tests:abort_batch", "mode": "batch", "combine": None,
-                 "finalize": None},
-            merge={"mode": "concat"},
-        )  # fmt: skip
-        configfile = write_config(tmp_path / "acrash.yaml", config)
+        config, configfile = aborting_run(tmp_path, make_config, monkeypatch, "acrash", 100)
         result = run_on_slurm(
             tmp_path, configfile, "--orchestrator-slurm-array-jobs", "process_batch", check=False
         )
@@ -399,12 +390,7 @@ class TestSlurmArrayJobs:
         jobs = sorted(_all_slurm_jobs(tmp_path))
         # The partition, and one array of two tasks, each run once.
         assert len(jobs) == 3 and sum("_" in j for j in jobs) == 2, jobs
-        from orchestrator_ext.state.sqlite import SqliteStateStore
-
-        store = SqliteStateStore(RunLayout(f"{config['output_root']}/acrash").state_db, "acrash")
-        records = [store.get(f"batch-0000{i}") for i in range(2)]
-        store.close()
-        for record in records:
+        for record in batch_records(config, 2):
             assert record is not None and (record.attempt, str(record.status)) == (1, "DEAD")
             assert record.error_category == "permanent"
             # The exit status comes from the task's Slurm log, which must be found.
