@@ -221,9 +221,7 @@ def run_and_report(
 ) -> int:
     """The shared tail of a benchmark's ``main``: ``measure(args, workdir)`` in
     ``args.workdir`` (or a temporary folder, removed afterwards), then the raw figures to
-    ``render(results, facts, args)`` to stdout and, unless ``args.no_docs``, the raw figures
-    to bench/results/<name>.json and the text to the benchmark's section of
-    docs/benchmarks.md."""
+    ``render(results, facts, args)``, and the text and figures to ``publish``."""
     facts = machine_facts()
     work = args.workdir or Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -235,9 +233,18 @@ def run_and_report(
             shutil.rmtree(work, ignore_errors=True)
     results["facts"] = facts
     results["elapsed_s"] = time.perf_counter() - started
-    text = render(results, facts, args)
-    print(text)
-    if not args.no_docs:  # a quick look replaces neither the figures nor the plot's data
-        save_results(name, results)
-        write_section(name, text)
+    publish(name, results, render(results, facts, args), args.no_docs)
     return 0
+
+
+def publish(name: str, results: dict[str, Any], text: str, no_docs: bool) -> None:
+    """Print benchmark ``name``'s section ``text``; unless ``no_docs`` (a quick look, which
+    replaces neither the figures nor the plot's data), write its raw figures to
+    bench/results/ and the text to its section of docs/benchmarks.md."""
+    print(text)
+    if no_docs:
+        return
+    path = save_results(name, results)
+    print(f"wrote {path.relative_to(REPO)}")
+    write_section(name, text)
+    print(f"wrote {DOCS.relative_to(REPO)}")

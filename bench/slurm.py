@@ -990,13 +990,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     results["ratio"] = results["ours"]["wall_s"] / results["plain"]["wall_s"]
     results["diagnosis"] = diagnose(results)
-    section = render(results, facts, args)
-    print(section)
-    if not args.no_docs:
-        path = common.save_results("slurm", results)
-        print(f"wrote {path.relative_to(REPO)}")
-        common.write_section("slurm", section)
-        print(f"wrote {common.DOCS.relative_to(REPO)}")
+    common.publish("slurm", results, render(results, facts, args), args.no_docs)
     return 0
 
 

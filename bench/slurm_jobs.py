@@ -911,13 +911,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     results.setdefault("machine", facts)
     facts = results["machine"]
-    section = render(results, facts, args)
-    print(section)
-    if not args.no_docs:
-        path = common.save_results("slurm_jobs", results)
-        print(f"wrote {path.relative_to(REPO)}")
-        common.write_section("slurm_jobs", section)
-        print(f"wrote {common.DOCS.relative_to(REPO)}")
+    common.publish("slurm_jobs", results, render(results, facts, args), args.no_docs)
     return 0
 
 
