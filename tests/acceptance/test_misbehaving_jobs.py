@@ -198,6 +198,31 @@ def test_item_job_returning_a_number_is_dead_lettered(tmp_path: Path) -> None:
     assert_frames_match(read_final(tmp_path, "answer"), expected, by="id")
 
 
+BROKEN_JOBS = """
+def broken(item, ctx):
+    with open(ctx.params["calls"], "a") as calls:
+        calls.write(item["id"] + "\\n")
+    raise ValueError(f"cannot parse the reading of {item['id']}")
+"""
+
+
+def test_an_item_job_failing_on_every_item_stops_once_past_the_tolerance(tmp_path: Path) -> None:
+    # Before, the job was called on all 200 items before the batch failed.
+    calls = tmp_path / "calls.txt"
+    job = {"function": "bad_jobs:broken", "mode": "item", "params": {"calls": str(calls)}}
+    setup_run(
+        tmp_path, BROKEN_JOBS, "broken", job, n=200, seed=823, prefix="b", max_items=200,
+        tolerance={"max_dead_letter_fraction": 0.05},
+    )  # fmt: skip
+    result = run_snakemake(tmp_path, CONFIG, check=False)
+    assert_failed_naming(
+        result, tmp_path, "broken", r"11 of 200 items failed \(5\.5% > tolerance 5\.0%\)",
+        r"stopped after 11 of 200 items, the rest not run", r"cannot parse the reading of b0000",
+    )  # fmt: skip
+    # 5% of 200 allows 10 dead letters: the 11th ends the batch (permanent: not resubmitted).
+    assert calls.read_text().split() == [f"b{i:04d}" for i in range(11)]
+
+
 # -- 3. lost and repeated rows -----------------------------------------------------------
 
 ROWS_JOBS = """
