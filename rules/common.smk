@@ -5,7 +5,12 @@ import sys
 from snakemake_storage_plugin_orchestrator_s3 import provider_settings
 
 import orchestrator_ext.workflow as ox
+from orchestrator_ext import scheduler
 from orchestrator_ext.plan_cache import PlanCache
+
+# Snakemake stats every waiting job's input files on every scheduling round; once is
+# enough (orchestrator_ext/scheduler.py).
+scheduler.install()
 
 RUN = ox.load_run_config(config)
 # Where the files are (s3:// URIs for a run in S3): what records and the manifest store.

@@ -477,6 +477,7 @@ def test_bisection_of_an_always_failing_batch_stops_early(tmp_path: Path) -> Non
 # -- 8. elapsed of a finished run --------------------------------------------------------
 
 SLOW_JOBS = """
+import os
 import time
 
 import polars as pl
@@ -485,6 +486,14 @@ import polars as pl
 def nap(batch, ctx):
     time.sleep(ctx.params.get("seconds", 0.3))
     return batch.select("id", (pl.col("reading") - 100).alias("above"))
+
+
+def held(batch, ctx):
+    # Runs until the test lets it go: the run stays up however fast the machine is.
+    deadline = time.monotonic() + 300
+    while not os.path.exists(ctx.params["release"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return nap(batch, ctx)
 """
 
 
@@ -525,6 +534,7 @@ def test_a_second_coordinator_is_refused_from_another_folder(tmp_path: Path) -> 
     folder_a.mkdir()
     folder_b.mkdir()
     root = tmp_path / "shared-results"
+    release = tmp_path / "release"
     (folder_a / "bad_jobs.py").write_text(SLOW_JOBS)
     readings = sensor_readings(100, seed=891, prefix="c")
     readings.write_csv(folder_a / "readings.csv")
@@ -533,7 +543,7 @@ def test_a_second_coordinator_is_refused_from_another_folder(tmp_path: Path) -> 
         "output_root": str(root),
         "input": {"uri": str(folder_a / "readings.csv"), "format": "csv"},
         "batching": {"max_items": 10},
-        "job": {"function": "bad_jobs:nap", "params": {"seconds": 0.5}},
+        "job": {"function": "bad_jobs:held", "params": {"release": str(release)}},
     }
     configfile = write_config(folder_a, config)
     lease = root / "contended" / ".coordinator.json"
@@ -559,6 +569,7 @@ def test_a_second_coordinator_is_refused_from_another_folder(tmp_path: Path) -> 
         assert holder.poll() is None, "the first run ended before the second was refused"
         line = assert_refused(second, rf"\b{holder.pid}\b")
         assert socket.gethostname() in line, line
+        release.touch()
         assert holder.wait(timeout=TIMEOUT_S) == 0, (tmp_path / "a.out").read_text()[-6000:]
     finally:
         if holder.poll() is None:
