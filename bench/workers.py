@@ -13,9 +13,11 @@ side:
 * **faults**: ``hash_chain`` with 1 round (cheap items), ``--fault-items`` items, default
   ``retry:`` (0.5 s initial, 20 s cap), with ``faults.transient_rate`` 0.2 against none.
 
-Every output is checked: one row per item, every id once. Figures are medians of
-``--repeats`` rounds, each round running every case once (the machine is shared: one run
-of a case moves by a third).
+The 2-worker speed-up is bounded by the machine: **ceiling** times the same hash work in one
+plain Python process, then in two at once (``2 * one / both``; a shared VM's two vCPUs do
+not give two cores' work). Every output is checked: one row per item, every id once.
+Figures are medians of ``--repeats`` rounds, each round running every case once (the
+machine is shared: one run of a case moves by a third).
 
 Run from the repository root::
 
@@ -29,7 +31,9 @@ import argparse
 import json
 import shutil
 import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +94,36 @@ def run_case(work: Path, name: str, n_items: int, job: dict[str, Any], extra: di
     return {"items": n_items, "wall_s": sample.wall_s, "job_s": record["duration_s"]}
 
 
+#: One process's share of the ceiling's work: hash_chain over ids 0..n-1, nothing else.
+CEILING_WORK = (
+    "import sys\n"
+    "from orchestrator_ext.jobs.hash_chain import hash_chain\n"
+    "for i in range(int(sys.argv[1])): hash_chain(i, int(sys.argv[2]))\n"
+)
+
+
+def machine_ceiling(n_items: int, rounds: int) -> dict[str, float]:
+    """What two processes get done against one: the same CPU work as the cpu case, in one
+    plain interpreter, then in two started together (``ratio`` = 2 * one / both)."""
+    cmd = [sys.executable, "-c", CEILING_WORK, str(n_items), str(rounds)]
+
+    def wall(copies: int) -> float:
+        started = time.perf_counter()
+        procs = [subprocess.Popen(cmd, env=venv_env(), cwd=REPO) for _ in range(copies)]
+        if any(p.wait() for p in procs):
+            raise SystemExit("the ceiling's hash work failed")
+        return time.perf_counter() - started
+
+    one, both = wall(1), wall(2)
+    print(f"  {'ceiling':12s} one {one:7.2f} s  both {both:7.2f} s  {2 * one / both:.2f}x")
+    return {"one_s": one, "both_s": both, "ratio": 2 * one / both}
+
+
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {}
+    ceilings: list[dict[str, float]] = []
     for _ in range(args.repeats):
+        ceilings.append(machine_ceiling(args.cpu_items // 4, args.rounds))
         for name, case in cases(args).items():
             runs.setdefault(name, []).append(run_case(work, name, *case))
     medians = {
@@ -104,8 +135,13 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         }
         for name, samples in runs.items()
     }
-    return {"cases": medians, "rounds": args.rounds, "wait_ms": args.wait_ms,
-            "repeats": args.repeats}  # fmt: skip
+    ceiling = {
+        "items": args.cpu_items // 4,
+        "ratio": statistics.median(c["ratio"] for c in ceilings),
+        "samples": ceilings,
+    }
+    return {"cases": medians, "ceiling": ceiling, "rounds": args.rounds,
+            "wait_ms": args.wait_ms, "repeats": args.repeats}  # fmt: skip
 
 
 def render(results: dict[str, Any], facts: dict[str, str], args: argparse.Namespace) -> str:
@@ -143,6 +179,15 @@ def render(results: dict[str, Any], facts: dict[str, str], args: argparse.Namesp
         f"{ratio('faults-20%', 'faults-none', 'job_s'):.2f}x slower | "
         f"{ratio('faults-20%', 'faults-none', 'wall_s'):.2f}x slower | wall <= 2x |"
     )
+    ceiling = results.get("ceiling")
+    if ceiling:
+        one = statistics.median(s["one_s"] for s in ceiling["samples"])
+        both = statistics.median(s["both_s"] for s in ceiling["samples"])
+        lines.append(
+            f"| the machine's ceiling for the first row: the same hash work in two plain "
+            f"processes at once against one ({ceiling['items']:,} items each) | {one:.2f} s | "
+            f"{both:.2f} s for twice the work | {ceiling['ratio']:.2f}x | - | - |"
+        )
     return "\n".join(lines) + "\n"
 
 
