@@ -33,7 +33,9 @@ def cached_input_sizes(job_scheduler_module: Any) -> None:
         async def get_size(path: Any) -> tuple[Any, int | None]:
             return path, await path.size() if await path.exists() else None
 
-        sizes: dict[Any, int | None] = self._input_sizes
+        sizes: dict[Any, int | None] | None = getattr(self, "_input_sizes", None)
+        if sizes is None:  # a Snakemake that keeps its sizes elsewhere: its own way
+            return await original(self, jobs)
         paths = {path for job in jobs for path in job.input}
         unknown = [path for path in paths if sizes.get(path) is None]
         if unknown:
@@ -49,7 +51,7 @@ def cached_input_sizes(job_scheduler_module: Any) -> None:
 
 def install() -> None:
     """Patch the scheduler of the running Snakemake, if it is loaded (it is whenever a
-    Snakefile is parsed); otherwise do nothing."""
+    Snakefile is parsed) and has the method; otherwise do nothing."""
     module = sys.modules.get("snakemake.scheduling.job_scheduler")
-    if hasattr(module, "JobScheduler"):
+    if hasattr(getattr(module, "JobScheduler", None), "update_input_sizes"):
         cached_input_sizes(module)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import types
 from typing import Any
 
@@ -123,3 +124,28 @@ def test_install_patches_the_loaded_snakemake_scheduler(monkeypatch: pytest.Monk
     patched = job_scheduler.JobScheduler.update_input_sizes
     assert patched.cached_input_sizes is True
     assert patched.__wrapped__.__qualname__ == "JobScheduler.update_input_sizes"
+
+
+def test_a_scheduler_without_the_size_cache_is_left_to_its_own_method() -> None:
+    calls: list[str] = []
+    a = FakeFile("a", 1, calls)
+    seen: list[Any] = []
+
+    async def own(self: Any, jobs: Any) -> None:
+        seen.append(jobs)
+
+    module = types.SimpleNamespace(
+        JobScheduler=type("JobScheduler", (), {"update_input_sizes": own})
+    )
+    scheduler.cached_input_sizes(module)
+    asyncio.run(module.JobScheduler().update_input_sizes([job(a)]))
+    assert len(seen) == 1 and calls == []
+
+
+def test_install_leaves_a_snakemake_without_the_method_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    module = types.SimpleNamespace(JobScheduler=type("JobScheduler", (), {}))
+    monkeypatch.setitem(sys.modules, "snakemake.scheduling.job_scheduler", module)
+    scheduler.install()
+    assert not hasattr(module.JobScheduler, "update_input_sizes")
