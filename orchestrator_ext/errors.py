@@ -308,3 +308,13 @@ def describe(exc: BaseException) -> str:
     """Return a one-line description of an exception: ``Type: message``, newlines folded."""
     message = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def type_and_message(error_type: str | None, message: str | None) -> str:
+    """A recorded failure as one line, ``Type: message``, with the type said once: the
+    message of a failure the job raised already starts with it (``describe``), one the
+    executor recorded (a lost attempt) does not."""
+    text = " ".join((message or "").split())
+    if not error_type or text == error_type or text.startswith(f"{error_type}: "):
+        return text
+    return f"{error_type}: {text}" if text else error_type

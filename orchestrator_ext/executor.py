@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator_ext import storage_cache, task
+from orchestrator_ext.errors import type_and_message
 from orchestrator_ext.lost_attempt import (
     exit_code_in_text,
     job_notes,
@@ -89,10 +90,10 @@ def failure_line(record: Any, log: str | None) -> str | None:
         return None
     again = "not retried" if record.status == TaskStatus.DEAD else "may be retried"
     where = f"; log: {log}" if log else ""
-    message = " ".join((record.error_message or "").split())
+    what = type_and_message(record.error_type, record.error_message)
     return (
         f"error: {record.task_id} attempt {record.attempt} failed ({record.error_category}, "
-        f"{again}): {record.error_type}: {message}{where}"
+        f"{again}): {what}{where}"
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from orchestrator_ext.errors import type_and_message
 from orchestrator_ext.history import DeadLetters, TaskFailure
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ def render_failures(failures: list[TaskFailure]) -> RenderableType:
     if not failures:
         return "no failed tasks"
     rows = [
-        (f.task_id, f.status, f.category, f"{f.error_type or ''}: {f.message or ''}",
+        (f.task_id, f.status, f.category, type_and_message(f.error_type, f.message),
          str(f.attempt), f.slurm_job_id or "-", f.log or "-")
         for f in failures
     ]  # fmt: skip

@@ -141,3 +141,27 @@ class TestClassifyExitCode:
         assert describe_exit_code(-11) == "killed by SIGSEGV (exit -11)"
         assert describe_exit_code(137) == "killed by SIGKILL (exit 137)"
         assert describe_exit_code(3) == "exited with status 3"
+
+
+class TestTypeAndMessage:
+    @pytest.mark.parametrize(
+        ("error_type", "message", "line"),
+        [
+            (
+                "BatchFailed",
+                "BatchFailed: batch 00006: too many",
+                "BatchFailed: batch 00006: too many",
+            ),
+            ("RuntimeExceeded", "exceeded its runtime", "RuntimeExceeded: exceeded its runtime"),
+            ("KeyError", "KeyError", "KeyError"),
+            ("KeyError", None, "KeyError"),
+            (None, "lost: no record", "lost: no record"),
+            ("ValueError", "ValueErrors: all\n of them", "ValueError: ValueErrors: all of them"),
+        ],
+    )
+    def test_the_type_once_and_one_line(
+        self, error_type: str | None, message: str | None, line: str
+    ) -> None:
+        from orchestrator_ext.errors import type_and_message
+
+        assert type_and_message(error_type, message) == line

@@ -464,6 +464,21 @@ class TestFailureLine:
             "returned list, expected a DataFrame; log: run/logs/process_batch/00003.log"
         )
 
+    def test_the_type_is_said_once_when_the_message_starts_with_it(self) -> None:
+        """A failure the job raised is recorded as ``describe`` gives it (``Type: message``);
+        the line said ``BatchFailed: BatchFailed: ...``."""
+        from orchestrator_ext.executor import failure_line
+        from orchestrator_ext.state import TaskRecord, TaskStatus
+
+        record = TaskRecord(
+            "batch-00006", TaskStatus.DEAD, attempt=1, error_category="permanent",
+            error_type="BatchFailed", error_message="BatchFailed: batch 00006: 1 of 500 failed",
+        )  # fmt: skip
+        assert failure_line(record, None) == (
+            "error: batch-00006 attempt 1 failed (permanent, not retried): BatchFailed: "
+            "batch 00006: 1 of 500 failed"
+        )
+
     def test_nothing_for_a_task_that_recorded_no_failure(self) -> None:
         from orchestrator_ext.executor import failure_line
         from orchestrator_ext.state import TaskRecord, TaskStatus
