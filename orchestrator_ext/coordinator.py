@@ -311,6 +311,20 @@ def acquire(run: LeaseTarget) -> dict[str, Any]:
         )
 
 
+def live_holder(run: LeaseTarget) -> dict[str, Any] | None:
+    """The lease of a coordinator that may be running ``run`` now, or None: no lease, a
+    released one, or one whose holder on this host is gone (what ``acquire`` takes over).
+    A lease held on another host is returned: whether its process lives cannot be seen
+    from here."""
+    with _opened(run) as backend:
+        held = backend.read()
+    if held is None or held.get("unreadable"):
+        return held
+    if held.get("host") == current_host() and not is_alive(int(held.get("pid", 0))):
+        return None
+    return held
+
+
 def describe_holder(held: dict[str, Any]) -> str:
     """``snakemake pid P on host H (working directory W) since T``."""
     return (

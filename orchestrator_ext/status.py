@@ -15,7 +15,10 @@ Definitions (all over *batch* tasks; merges and the manifest are quick by compar
   the whole run;
 - ETA: batches still to finish (neither SUCCEEDED nor DEAD) divided by the throughput;
 - overdue: a RUNNING attempt older than the wall time its attempt was given
-  (``resources.runtime`` escalated per attempt): probably killed without a record.
+  (``resources.runtime`` escalated per attempt): probably killed without a record;
+- stopped: not finished, and no coordinator holds the run's lease (``with_coordinator``;
+  ``coordinator.live_holder``): the run failed or was killed, and nothing will change
+  until it is run again. Task rows alone cannot say so: a killed run's rows stay RUNNING.
 """
 
 from __future__ import annotations
@@ -80,6 +83,15 @@ class RunStatus:
     failures_by_category: dict[str, int] = field(default_factory=dict)
     slowest_running: list[RunningTask] = field(default_factory=list)
     finished: bool = False
+    #: Not finished, and no coordinator is running it (``with_coordinator``).
+    stopped: bool = False
+    #: The coordinator holding the run's lease (``coordinator.describe_holder``), if any.
+    coordinator: str | None = None
+
+    @property
+    def state(self) -> str:
+        """``finished``, ``stopped`` or ``in progress``."""
+        return "finished" if self.finished else "stopped" if self.stopped else "in progress"
 
     @property
     def fraction_done(self) -> float:
@@ -90,7 +102,20 @@ class RunStatus:
         """JSON-ready dict: the original keys (run_id, tasks, by_status, by_kind) plus the rest."""
         data = asdict(self)
         data["fraction_done"] = round(self.fraction_done, 6)
+        data["state"] = self.state
         return data
+
+
+def with_coordinator(status: RunStatus, held: dict[str, Any] | None) -> RunStatus:
+    """``status`` with its coordinator: ``held`` is the lease of one that may be running
+    the run (``coordinator.live_holder``), or None, which makes an unfinished run that has
+    tasks stopped."""
+    from orchestrator_ext.coordinator import describe_holder
+
+    status.coordinator = describe_holder(held) if held and not held.get("unreadable") else None
+    # A run with no task yet has not started (its coordinator is still building the DAG).
+    status.stopped = not status.finished and held is None and status.tasks > 0
+    return status
 
 
 def is_finished(tasks: Iterable[TaskRecord]) -> bool:
@@ -245,11 +270,17 @@ def render_status(status: RunStatus) -> RenderableType:
     from rich.text import Text
 
     parts: list[RenderableType] = []
-    state = "finished" if status.finished else "in progress"
     parts.append(
-        Text(f"run {status.run_id}: {status.tasks} tasks, {state} (as of {status.as_of})",
+        Text(f"run {status.run_id}: {status.tasks} tasks, {status.state} (as of {status.as_of})",
              style="bold")
     )  # fmt: skip
+    if status.stopped:
+        parts.append(
+            Text("no coordinator is running it: it failed or was killed; run the same "
+                 "snakemake command again to resume", style="yellow")
+        )  # fmt: skip
+    elif status.coordinator and not status.finished:
+        parts.append(Text(f"coordinated by {status.coordinator}", style="dim"))
     if status.batches_total:
         bar = Table.grid(padding=(0, 1))
         bar.add_row(
@@ -318,8 +349,8 @@ def watch_status(
     count: int | None = None,
     as_json: bool = False,
 ) -> RunStatus:
-    """Refresh the status every ``interval_s`` seconds until the run finished, ``count``
-    refreshes were shown, or Ctrl-C.
+    """Refresh the status every ``interval_s`` seconds until the run finished or stopped,
+    ``count`` refreshes were shown, or Ctrl-C.
 
     With ``as_json`` it prints one JSON object per line instead of a live view.
     """
@@ -334,14 +365,14 @@ def watch_status(
             while True:
                 print(json.dumps(status.to_dict(), sort_keys=True), file=console.file, flush=True)
                 shown += 1
-                if status.finished or (count is not None and shown >= count):
+                if status.finished or status.stopped or (count is not None and shown >= count):
                     return status
                 time.sleep(interval_s)
                 status = snapshot(store)
         with Live(render_status(status), console=console, auto_refresh=False) as live:
             while True:
                 shown += 1
-                if status.finished or (count is not None and shown >= count):
+                if status.finished or status.stopped or (count is not None and shown >= count):
                     return status
                 time.sleep(interval_s)
                 status = snapshot(store)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -158,6 +159,22 @@ def store(configfile: Path):
     store.close()
 
 
+def write_lease(configfile: Path, **lease: Any) -> None:
+    """A coordinator lease in the run folder, as ``coordinator.acquire`` writes it."""
+    from orchestrator_ext.coordinator import lease_path
+
+    config = load_config(yaml.safe_load(configfile.read_text()))
+    held = {"run_id": "r", "host": "node7", "pid": 4321, "workdir": "/w",
+            "started_at": "2026-12-02T00:00:00+00:00", "token": "t", **lease}  # fmt: skip
+    lease_path(config.run_dir).write_text(json.dumps(held))
+
+
+@pytest.fixture
+def coordinated(configfile: Path, store) -> None:
+    """The run is coordinated from another host (a lease this host cannot check)."""
+    write_lease(configfile)
+
+
 class TestStatusCommand:
     def test_json(self, configfile: Path, store, capsys) -> None:
         assert main(["status", "--json", "--configfile", str(configfile)]) == 0
@@ -169,20 +186,52 @@ class TestStatusCommand:
         assert [r["task_id"] for r in data["slowest_running"]] == ["batch-00003"]
         assert data["slowest_running"][0]["slurm_job_id"] == "4242"
 
-    def test_table(self, configfile: Path, store, capsys) -> None:
+    def test_table(self, configfile: Path, coordinated, capsys) -> None:
         assert main(["status", "--configfile", str(configfile)]) == 0
         out = capsys.readouterr().out
         assert "run r: 6 tasks, in progress" in out
+        assert "coordinated by snakemake pid 4321 on host node7" in out
         assert "2/4 batches" in out and "batch-00003" in out
 
-    def test_watch_json_prints_one_object_per_refresh(self, configfile, store, capsys) -> None:
+    @pytest.mark.parametrize("lease", [None, {"host": socket.gethostname(), "pid": 2**22 + 7}])
+    def test_a_run_no_coordinator_runs_is_stopped_not_in_progress(
+        self, configfile: Path, store, capsys, lease: dict[str, Any] | None
+    ) -> None:
+        """A failed or SIGKILLed run's rows stay as they were (a RUNNING batch here): the
+        status said "in progress" and --watch never ended. No lease, or one whose process
+        on this host is gone, is a stopped run."""
+        if lease is not None:
+            write_lease(configfile, **lease)
+        assert main(["status", "--configfile", str(configfile)]) == 0
+        out = capsys.readouterr().out
+        assert "run r: 6 tasks, stopped" in out and "no coordinator is running it" in out
+        assert main(["status", "--json", "--configfile", str(configfile)]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert (data["state"], data["stopped"], data["coordinator"]) == ("stopped", True, None)
+
+    def test_watch_ends_when_the_run_stopped_with_status_1(self, configfile, store, capsys) -> None:
+        args = ["status", "--watch", "--json", "--interval", "0.01"]
+        assert main([*args, "--configfile", str(configfile)]) == 1
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert len(lines) == 1 and json.loads(lines[0])["state"] == "stopped"
+
+    def test_a_run_not_started_yet_is_not_stopped(self, configfile: Path, capsys) -> None:
+        config = load_config(yaml.safe_load(configfile.read_text()))
+        SqliteStateStore(RunLayout(config.run_dir).state_db, config.run_id).close()
+        assert main(["status", "--json", "--configfile", str(configfile)]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert (data["tasks"], data["state"]) == (0, "in progress")
+
+    def test_watch_json_prints_one_object_per_refresh(
+        self, configfile, coordinated, capsys
+    ) -> None:
         args = ["status", "--watch", "--json", "--count", "2", "--interval", "0.01"]
         assert main([*args, "--configfile", str(configfile)]) == 0
         lines = capsys.readouterr().out.strip().splitlines()
         assert len(lines) == 2
         assert all(json.loads(line)["batches_total"] == 4 for line in lines)
 
-    def test_watch_live_stops_after_count(self, configfile, store, capsys) -> None:
+    def test_watch_live_stops_after_count(self, configfile, coordinated, capsys) -> None:
         args = ["status", "--watch", "--count", "2", "--interval", "0.01"]
         assert main([*args, "--configfile", str(configfile)]) == 0
         assert "2/4 batches" in capsys.readouterr().out

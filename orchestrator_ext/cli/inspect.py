@@ -32,20 +32,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Progress, throughput, ETA, failures by category, the slowest running batches."""
     from rich.console import Console
 
-    from orchestrator_ext.status import RunStatus, build_status, render_status, watch_status
+    from orchestrator_ext.coordinator import live_holder
+    from orchestrator_ext.status import (
+        RunStatus,
+        build_status,
+        render_status,
+        watch_status,
+        with_coordinator,
+    )
 
     config = load_cli_config(args)
     store = open_run_store(config)
 
     def snapshot(source: Any) -> RunStatus:
-        return build_status(
-            config.run_id, source.tasks(), resources=config.resources, slowest=args.slowest
+        tasks = source.tasks()
+        status = build_status(
+            config.run_id, tasks, resources=config.resources, slowest=args.slowest
         )
+        # Read after the tasks: a run that finished in between is not taken for stopped.
+        return with_coordinator(status, None if status.finished else live_holder(config))
 
     try:
         if args.watch:
-            watch_status(store, snapshot, Console(), args.interval, args.count, args.json)
-            return 0
+            status = watch_status(store, snapshot, Console(), args.interval, args.count, args.json)
+            return 1 if status.stopped else 0
         status = snapshot(store)
     finally:
         store.close()

@@ -75,7 +75,9 @@ _ABOUT: dict[str, tuple[str, str | None]] = {
         "another terminal while Snakemake runs. Progress counts batches; throughput is\n"
         "measured over the last 10 minutes (or the whole run); ETA = batches left /\n"
         "throughput. A running batch past its wall time is flagged OVERDUE (probably\n"
-        "killed). JSON keeps run_id, tasks, by_status and by_kind and adds the rest.",
+        "killed). A run that is not finished and that no coordinator runs is stopped\n"
+        "(it failed or was killed). JSON keeps run_id, tasks, by_status and by_kind and\n"
+        "adds the rest.",
     ),
     "errors": (
         "failed tasks and dead-lettered items, with category and log path",
@@ -174,8 +176,9 @@ def _add_inspect_commands(sub: Any) -> None:
     """Register status, errors, audit, report, cost and plan (``inspect``)."""
     status = _run_command(sub, "status", inspect.cmd_status)
     status.add_argument("--watch", action="store_true",
-                        help="refresh in place until the run finished or Ctrl-C "
-                        "(with --json: one JSON object per line)")  # fmt: skip
+                        help="refresh in place until the run finished or stopped, or "
+                        "Ctrl-C (with --json: one JSON object per line); exit status 1 if "
+                        "it stopped unfinished")  # fmt: skip
     status.add_argument("--interval", type=_positive_float, default=5.0, metavar="SECONDS",
                         help="seconds between refreshes with --watch (default 5); each refresh "
                         "reads every task row once")  # fmt: skip

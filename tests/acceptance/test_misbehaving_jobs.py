@@ -415,6 +415,12 @@ def test_a_job_killed_by_sigabrt_is_recorded_as_failed(tmp_path: Path) -> None:
     status = run_orchestrator(tmp_path, "status", "--configfile", CONFIG, "--json").json()
     assert status["by_status"].get("RUNNING", 0) == 0, status
     assert status["slowest_running"] == [], status
+    # The run ended with an error: it is stopped, not in progress, and --watch says so.
+    assert (status["state"], status["finished"]) == ("stopped", False), status
+    watched = run_orchestrator(
+        tmp_path, "status", "--configfile", CONFIG, "--watch", "--interval", "0.2", check=False
+    )
+    assert watched.returncode == 1 and "stopped" in watched.stdout, watched.describe()
 
 
 def test_a_job_printing_200_kb_keeps_it_in_its_log(tmp_path: Path) -> None:
