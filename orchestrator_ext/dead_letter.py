@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,9 +26,25 @@ from orchestrator_ext.errors import BatchFailed, classify, describe
 from orchestrator_ext.location import is_remote, location_of
 from orchestrator_ext.output_schema import with_input_dtypes
 
+logger = logging.getLogger(__name__)
+
+#: Dead letters of one process whose traceback goes to its log: the first few say where
+#: the job's code failed; a batch bad throughout would otherwise log one per item.
+TRACEBACKS_LOGGED = 3
+_tracebacks_left = TRACEBACKS_LOGGED
+
 
 def dead_letter(item_id: Any, exc: BaseException, attempt: int) -> dict[str, Any]:
-    """The dead letter of item ``item_id``, which failed with ``exc`` in ``attempt``."""
+    """The dead letter of item ``item_id``, which failed with ``exc`` in ``attempt``; the
+    first ``TRACEBACKS_LOGGED`` of the process log their traceback (the dead letter keeps
+    only ``Type: message``)."""
+    global _tracebacks_left
+    if _tracebacks_left > 0:
+        _tracebacks_left -= 1
+        logger.warning(
+            "item %r dead-lettered (%s); its traceback:\n%s", item_id, describe(exc),
+            "".join(traceback.format_exception(exc)).rstrip(),
+        )  # fmt: skip
     # A transient error that outlived its retries is dead-lettered as such: a redrive may fix it.
     return {
         "id": item_id,

@@ -21,6 +21,7 @@ import concurrent.futures
 import multiprocessing
 import pickle
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -85,6 +86,11 @@ def _call_in_process(items: list[dict[str, Any]]) -> bytes:
     assert _WORKER_JOB is not None, "the worker was started without its job"
     fn, ctx = _WORKER_JOB
     called = [call_one(fn, item, ctx) for item in items]
+    for c in called:
+        if c.error is not None and c.error.__traceback__ is not None:
+            # A traceback does not pickle; a note does, so the batch's log shows where.
+            lines = traceback.format_tb(c.error.__traceback__)
+            c.error.add_note("in a job.pool worker process:\n" + "".join(lines).rstrip())
     try:
         return pickle.dumps(called)
     except Exception:

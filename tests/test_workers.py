@@ -193,3 +193,29 @@ class TestDeadlineAndErrorsOnWorkers:
             pytest.raises(MemoryError, match="no room"),
         ):
             run_item_mode(items, JobCall(oom, CTX, "id", FAST, items=calls))
+
+
+class TestTracebacksOfDeadLetters:
+    """A dead letter keeps ``Type: message``; the batch's log has where the job failed
+    (the line of the job's code), also from a process worker, whose traceback does not
+    pickle. Before, the log held one error line and no traceback anywhere."""
+
+    @pytest.mark.parametrize(("workers", "pool"), [(1, "process"), (2, "process"), (2, "thread")])
+    def test_the_first_dead_letters_log_their_traceback(
+        self, workers: int, pool: str, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:  # fmt: skip
+        from orchestrator_ext import dead_letter
+
+        monkeypatch.setattr(dead_letter, "_tracebacks_left", dead_letter.TRACEBACKS_LOGGED)
+        items = pl.DataFrame({"id": list(range(8)), "value": list(range(8))})
+        with caplog.at_level("WARNING", logger="orchestrator_ext.dead_letter"):
+            outcome = _outcome(
+                items, jobs.double_item, workers, pool, params={"bad_ids": [1, 3, 5, 7]}
+            )
+        assert [d["id"] for d in outcome.dead] == [1, 3, 5, 7]
+        logged = [r.getMessage() for r in caplog.records]
+        assert len(logged) == dead_letter.TRACEBACKS_LOGGED
+        assert logged[0].startswith("item 1 dead-lettered (PermanentError: item 1 is bad)")
+        assert "jobs_for_tests.py" in logged[0] and "in double_item" in logged[0], logged[0]
+        assert "raise PermanentError(f\"item {item['id']} is bad\")" in logged[0], logged[0]
