@@ -45,12 +45,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     store = open_run_store(config)
 
     def snapshot(source: Any) -> RunStatus:
-        tasks = source.tasks()
+        # The lease before the tasks: a run that finishes in between shows as finished,
+        # not as stopped.
+        held = live_holder(config)
         status = build_status(
-            config.run_id, tasks, resources=config.resources, slowest=args.slowest
+            config.run_id, source.tasks(), resources=config.resources, slowest=args.slowest
         )
-        # Read after the tasks: a run that finished in between is not taken for stopped.
-        return with_coordinator(status, None if status.finished else live_holder(config))
+        return with_coordinator(status, held)
 
     try:
         if args.watch:
