@@ -368,10 +368,7 @@ class TestRuntimeOnTheLocalExecutor:
         assert 1.2 <= elapsed < 30, elapsed
         assert caught.value.returncode in (-signal.SIGTERM, 128 + signal.SIGTERM)
         child = int(pid_file.read_text())
-        deadline = time.monotonic() + 10
-        while not _gone(child):
-            assert time.monotonic() < deadline, "the job's child process is stopped too"
-            time.sleep(0.05)
+        _wait_gone(child, 10, "the job's child process is stopped too")
         row = _row(run.store)
         assert (row.status, row.error_category, row.error_type) == (
             TaskStatus.FAILED, "resource", "RuntimeExceeded",
@@ -393,10 +390,7 @@ class TestRuntimeOnTheLocalExecutor:
             self._shell(f"{sys.executable} -c {stubborn!r}; true")
         assert watch.stopped
         pid = int(pid_file.read_text())
-        deadline = time.monotonic() + 5
-        while not _gone(pid):
-            assert time.monotonic() < deadline, "SIGKILL never came"
-            time.sleep(0.05)
+        _wait_gone(pid, 5, "SIGKILL never came")
         assert watch.killed
         watchdog.stop()
 
@@ -413,6 +407,14 @@ class TestRuntimeOnTheLocalExecutor:
             outside.kill()
             outside.wait()
             watchdog.stop()
+
+
+def _wait_gone(pid: int, timeout_s: float, message: str) -> None:
+    """Wait up to ``timeout_s`` for process ``pid`` to be gone; fail with ``message``."""
+    deadline = time.monotonic() + timeout_s
+    while not _gone(pid):
+        assert time.monotonic() < deadline, message
+        time.sleep(0.05)
 
 
 def _gone(pid: int) -> bool:
