@@ -45,13 +45,17 @@ lint: $(VENV)/.installed-test
 services: $(VENV)/.installed-test
 	VENV=$(VENV) bash tests/services/setup.sh all
 
+# Two pytest workers: the Slurm tests (one xdist group, tests/conftest.py) spend most of
+# their time waiting on the cluster, and the rest of the suite runs beside them.
+TEST_WORKERS ?= 2
+
 ## test: everything the tests need, then the whole suite
 test: lint services
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 ## unit: the fast tests, which need no service and run no workflow (markers: tests/conftest.py)
 unit: $(VENV)/.installed-test
-	$(BIN)/pytest -q -m "not service and not workflow"
+	$(BIN)/pytest -q -n $(TEST_WORKERS) -m "not service and not workflow"
 
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install --quiet -e ".[test,bench]" --config-settings editable_mode=compat

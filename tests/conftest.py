@@ -39,6 +39,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _uses_service(item):
             item.add_marker(pytest.mark.service)
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            # One cluster for every test, some of which cancel its jobs or restart it: with
+            # pytest-xdist (``make test``) they all run one after another on one worker,
+            # while the other workers run the rest beside them.
+            item.add_marker(pytest.mark.xdist_group("slurm"))
         if any(item.path.is_relative_to(folder) for folder in WORKFLOW_FOLDERS):
             item.add_marker(pytest.mark.workflow)
 
