@@ -36,7 +36,7 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator_ext import storage_cache, task
+from orchestrator_ext import attempt_log, storage_cache, task
 from orchestrator_ext.errors import type_and_message
 from orchestrator_ext.lost_attempt import (
     exit_code_in_text,
@@ -89,7 +89,7 @@ def failure_line(record: Any, log: str | None) -> str | None:
     if record is None or record.status not in (TaskStatus.FAILED, TaskStatus.DEAD):
         return None
     again = "not retried" if record.status == TaskStatus.DEAD else "may be retried"
-    where = f"; log: {log}" if log else ""
+    where = f"; log: {attempt_log.of_attempt(log, record.attempt)}" if log else ""
     what = type_and_message(record.error_type, record.error_message)
     return (
         f"error: {record.task_id} attempt {record.attempt} failed ({record.error_category}, "

@@ -18,6 +18,7 @@ Log paths follow the workflow's rules (``logs/<rule>/<wildcards>.log`` in the ru
 see ``layout.RunLayout.log``): ``batch-00003`` -> ``process_batch/00003``,
 ``merge-L1-part-00002`` -> ``merge_level/L1-00002``, ``final`` -> ``merge_final/final``,
 ``partition`` -> ``partition_items/partition``, ``manifest`` -> ``write_manifest/manifest``.
+A failed attempt's log is its own (``process_batch/00003.attempt-2.log``, ``attempt_log``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from orchestrator_ext import task
+from orchestrator_ext import attempt_log, task
 from orchestrator_ext.errors import Category, OrchestratorError
 from orchestrator_ext.layout import RunLayout
 from orchestrator_ext.location import Location, location_of
@@ -72,10 +73,14 @@ def batch_task(batch: int | str) -> str:
     return task.batch_id(int(text))
 
 
-def log_path(layout: RunLayout, task_id: str) -> str | None:
-    """The job log of a task (see the module docstring), or None for an unknown task id."""
+def log_path(layout: RunLayout, task_id: str, attempt: int | None = None) -> str | None:
+    """The job log of a task (see the module docstring), or None for an unknown task id;
+    with ``attempt``, that attempt's own log where it has one (``attempt_log``)."""
     parsed = task.parse(task_id)
-    return layout.log(parsed.stage.rule, parsed.log_name) if parsed is not None else None
+    if parsed is None:
+        return None
+    log = layout.log(parsed.stage.rule, parsed.log_name)
+    return attempt_log.of_attempt(log, attempt) if attempt else log
 
 
 # -- attempts ------------------------------------------------------------------------------
@@ -188,7 +193,7 @@ def list_failures(
                 host=row.host,
                 slurm_job_id=row.slurm_job_id,
                 finished_at=row.finished_at,
-                log=log_path(layout, row.task_id),
+                log=log_path(layout, row.task_id, row.attempt),
             )
         )
     return failures

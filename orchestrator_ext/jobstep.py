@@ -3,7 +3,8 @@
 Scripts under ``scripts/`` call ``run_step``: it sends the job's output (stdout, stderr,
 logging) to the rule's log file, runs the function, and turns the package's own errors into
 one clear line and a non-zero exit instead of a traceback. Unexpected errors keep their
-traceback in the log, because that is a bug worth reading.
+traceback in the log, because that is a bug worth reading. Each attempt's log keeps a name
+of its own (``attempt_log``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from orchestrator_ext import attempt_log
 from orchestrator_ext.errors import OrchestratorError, configure_error_rules
 
 EXIT_FAILED = 1
@@ -72,6 +74,9 @@ def run_step(
         rules = config.error_rules
         configure_error_rules(rules.transient, rules.resource, rules.permanent)
         store = open_state_store(config)
+        if log_path:
+            # Snakemake removes the log before the next attempt: this one keeps a name.
+            store.on_attempt = lambda attempt: attempt_log.keep(log_path, attempt.attempt)
         try:
             return fn(config, store, **kwargs)
         finally:

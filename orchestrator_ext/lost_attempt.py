@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator_ext import task
+from orchestrator_ext import attempt_log, task
 from orchestrator_ext.errors import (
     Category,
     classify_exit_code,
@@ -225,7 +225,8 @@ def record_lost_attempt(
             attempt = attempt_of_job(store.transitions(task_id), since, slurm_job_id)
             if attempt is None:
                 return None
-            category, error_type, reason = describe_lost_attempt(end, runtime, log)
+            own_log = attempt_log.of_attempt(log, attempt) if log else None
+            category, error_type, reason = describe_lost_attempt(end, runtime, own_log)
             if not store.record_lost_attempt(task_id, attempt, str(category), reason, error_type):
                 return None
     except Exception as exc:  # monitoring must never break the run

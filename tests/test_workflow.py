@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 from conftest import run_snakemake, write_config
 
+from orchestrator_ext import attempt_log
 from orchestrator_ext.example_data import make_records
 from orchestrator_ext.job import JobContext
 from orchestrator_ext.jobs import grouped_stats
@@ -395,7 +396,8 @@ class TestEveryAttemptEndsInTheStateStore:
         assert _attempts(config)["batch-00000"] == 1, "a crash is not resubmitted"
         errors = _orchestrator_json("errors", configfile)
         (failure,) = errors["failed_tasks"]
-        log = _layout(config).log("process_batch", "00000")
+        # The attempt's own log (attempt_log), which a rerun of the batch would not replace.
+        log = attempt_log.path(_layout(config).log("process_batch", "00000"), 1)
         assert (failure["task_id"], failure["status"], failure["category"]) == (
             "batch-00000", "DEAD", "permanent",
         )  # fmt: skip
@@ -462,7 +464,7 @@ class TestOutputContractRun:
     def _error_lines(config: dict[str, Any]) -> dict[str, str]:
         """Batch -> the ``error:`` line of its log, for the batches that failed."""
         folder = Path(_layout(config).logs_dir) / "process_batch"
-        logs = {p.stem: p.read_text().splitlines() for p in folder.glob("*.log")}
+        logs = {p.stem: p.read_text().splitlines() for p in folder.glob("[0-9]????.log")}
         return {
             batch: next(line for line in lines if line.startswith("error: "))
             for batch, lines in logs.items()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from orchestrator_ext import task
@@ -67,6 +67,9 @@ class StateStore(abc.ABC):
     where the docstring says so, and conditional on the row version everywhere else."""
 
     run_id: str
+    #: Called with every attempt ``attempt_scope`` begins, before its block runs: a job step
+    #: gives its log that attempt's name (``attempt_log``, set by ``jobstep.run_step``).
+    on_attempt: Callable[[Attempt], None] | None = None
 
     @abc.abstractmethod
     def ensure_tasks(self, task_ids: list[str], items: dict[str, int] | None = None) -> None:
@@ -194,6 +197,8 @@ class StateStore(abc.ABC):
 
         attempt = self.begin_attempt(task_id, host, os.environ.get("SLURM_JOB_ID"))
         try:
+            if self.on_attempt is not None:
+                self.on_attempt(attempt)
             yield attempt
         except StateConflict:
             raise

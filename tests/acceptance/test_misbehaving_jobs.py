@@ -393,6 +393,14 @@ def abort_one(batch, ctx):
     return batch.select("id", "reading")
 
 
+def out_of_memory_once(batch, ctx):
+    if ctx.batch_id == "00001":
+        print(f"attempt {ctx.attempt} of batch 00001 was here")
+        if ctx.attempt == 1:
+            raise MemoryError("first attempt ran out of memory")
+    return batch.select("id", "reading")
+
+
 def loud(batch, ctx):
     if ctx.batch_id == "00000":
         for line in range(2000):
@@ -421,6 +429,26 @@ def test_a_job_killed_by_sigabrt_is_recorded_as_failed(tmp_path: Path) -> None:
         tmp_path, "status", "--configfile", CONFIG, "--watch", "--interval", "0.2", check=False
     )
     assert watched.returncode == 1 and "stopped" in watched.stdout, watched.describe()
+
+
+def test_a_retried_batch_keeps_the_failed_attempts_log(tmp_path: Path) -> None:
+    """Snakemake removes a job's log before it runs the job again: the failed attempt's
+    traceback must survive the retry under a name of its own."""
+    job = {"function": "bad_jobs:out_of_memory_once"}
+    readings = setup_run(tmp_path, CRASH_JOBS, "oom-once", job, seed=853)
+    result = run_snakemake(tmp_path, CONFIG)
+    logs = run_dir(tmp_path, "oom-once") / "logs" / "process_batch"
+    first = (logs / "00001.attempt-1.log").read_text()
+    second = (logs / "00001.attempt-2.log").read_text()
+    assert "attempt 1 of batch 00001 was here" in first, first
+    assert "MemoryError: first attempt ran out of memory" in first, first
+    assert "attempt 1 " not in second and "attempt 2 of batch 00001 was here" in second, second
+    assert (logs / "00001.log").read_text() == second
+    # The coordinator's error line points at the failed attempt's own log.
+    assert f"log: {logs.relative_to(tmp_path)}/00001.attempt-1.log" in result.output, (
+        result.describe()[:3000]
+    )
+    assert_frames_match(read_final(tmp_path, "oom-once"), readings.select("id", "reading"), by="id")
 
 
 def test_a_job_printing_200_kb_keeps_it_in_its_log(tmp_path: Path) -> None:
