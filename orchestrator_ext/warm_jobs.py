@@ -33,6 +33,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections import deque
 from concurrent.futures import Future
@@ -49,6 +50,10 @@ _JOBSTEP = "orchestrator_ext.jobstep"
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=.*", re.DOTALL)
 #: How the command ends: ``>> LOG 2>&1`` as shlex reads it with shell punctuation.
 _REDIRECT = (">>", None, "2", ">&", "1")
+#: The request line that ends a warm process in order (``WarmServer.close``).
+QUIT = b"quit"
+#: How long jobs of a coordinator that is gone have between SIGTERM and SIGKILL.
+STOP_GRACE_S = 10.0
 
 
 class WarmCommand(NamedTuple):
@@ -192,6 +197,9 @@ class WarmServer:
         with self._lock:
             if self._server.stdin is not None and not self._server.stdin.closed:
                 with contextlib.suppress(OSError):
+                    self._server.stdin.write(QUIT + b"\n")
+                    self._server.stdin.flush()
+                with contextlib.suppress(OSError):
                     self._server.stdin.close()
         try:
             self._server.wait(timeout=10)
@@ -225,8 +233,12 @@ class WarmServer:
 
 def serve(preload: list[str]) -> None:
     """The warm process: import the modules ``preload`` names, then fork one job per
-    request line on stdin until it closes, and report their pids and exit statuses on
-    stdout. Its jobs outlive it, as a shell's would."""
+    request line on stdin, and report their pids and exit statuses on stdout.
+
+    It ends at a ``quit`` line (``WarmServer.close``), leaving any running job to finish.
+    Stdin closing without one means the coordinator is gone (SIGKILLed, say): its jobs are
+    stopped as a runtime limit stops them (``_stop_jobs``), so that none goes on beside
+    the attempt a rerun starts for the same batch, on cores the rerun counts as free."""
     for module in preload:
         importlib.import_module(module)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the jobs and Snakemake
@@ -240,6 +252,7 @@ def serve(preload: list[str]) -> None:
     selector.register(requests, selectors.EVENT_READ)
     selector.register(wake_r, selectors.EVENT_READ)
     pending = b""  # read from the fd, not a buffered stream: select sees only the fd
+    running: set[int] = set()
     while True:
         for key, _ in selector.select():
             if key.fileobj == wake_r:
@@ -247,9 +260,12 @@ def serve(preload: list[str]) -> None:
                 continue
             chunk = os.read(requests, 1 << 16)
             if not chunk:
+                _stop_jobs(running)
                 return
             *lines, pending = (pending + chunk).split(b"\n")
             for line in lines:
+                if line == QUIT:
+                    return
                 pid = os.fork()
                 if pid == 0:  # the job: leaves serve() by SystemExit, so Python ends normally
                     selector.close()
@@ -257,6 +273,7 @@ def serve(preload: list[str]) -> None:
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                     signal.signal(signal.SIGINT, signal.default_int_handler)
                     sys.exit(_run_job(json.loads(line)))
+                running.add(pid)
                 replies.write(b"started %d\n" % pid)
                 replies.flush()
         while True:
@@ -266,8 +283,33 @@ def serve(preload: list[str]) -> None:
                 break
             if pid == 0:
                 break
+            running.discard(pid)
             replies.write(b"ended %d %d\n" % (pid, os.waitstatus_to_exitcode(status)))
             replies.flush()
+
+
+def _stop_jobs(pids: set[int], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM every running job, SIGKILL those still there ``grace_s`` later, and reap
+    them (nobody reads their statuses any more: the attempts stay RUNNING, and the rerun's
+    executor records them as lost)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while pids and time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:  # every job is reaped
+            return
+        if pid:
+            pids.discard(pid)
+        else:
+            time.sleep(0.05)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
 
 
 def _run_job(request: dict[str, Any]) -> int | str | None:

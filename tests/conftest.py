@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 
@@ -196,3 +197,19 @@ def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     return moto_endpoint
+
+
+def wait_gone(pid: int, timeout_s: float, message: str) -> None:
+    """Wait up to ``timeout_s`` for process ``pid`` to be gone (a zombie, dead but not yet
+    reaped, is gone); fail with ``message``."""
+    deadline = time.monotonic() + timeout_s
+    while not _gone(pid):
+        assert time.monotonic() < deadline, message
+        time.sleep(0.05)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

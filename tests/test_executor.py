@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
+from conftest import wait_gone
 from snakemake.exceptions import RuleException
 from snakemake.scheduling.job_scheduler import JobScheduler
 
@@ -368,7 +368,7 @@ class TestRuntimeOnTheLocalExecutor:
         assert 1.2 <= elapsed < 30, elapsed
         assert caught.value.returncode in (-signal.SIGTERM, 128 + signal.SIGTERM)
         child = int(pid_file.read_text())
-        _wait_gone(child, 10, "the job's child process is stopped too")
+        wait_gone(child, 10, "the job's child process is stopped too")
         row = _row(run.store)
         assert (row.status, row.error_category, row.error_type) == (
             TaskStatus.FAILED, "resource", "RuntimeExceeded",
@@ -390,7 +390,7 @@ class TestRuntimeOnTheLocalExecutor:
             self._shell(f"{sys.executable} -c {stubborn!r}; true")
         assert watch.stopped
         pid = int(pid_file.read_text())
-        _wait_gone(pid, 5, "SIGKILL never came")
+        wait_gone(pid, 5, "SIGKILL never came")
         assert watch.killed
         watchdog.stop()
 
@@ -407,21 +407,6 @@ class TestRuntimeOnTheLocalExecutor:
             outside.kill()
             outside.wait()
             watchdog.stop()
-
-
-def _wait_gone(pid: int, timeout_s: float, message: str) -> None:
-    """Wait up to ``timeout_s`` for process ``pid`` to be gone; fail with ``message``."""
-    deadline = time.monotonic() + timeout_s
-    while not _gone(pid):
-        assert time.monotonic() < deadline, message
-        time.sleep(0.05)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 class TestBothExecutorsRecordLostAttempts:

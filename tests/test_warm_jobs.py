@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
+from conftest import wait_gone
 
 from orchestrator_ext import runtime_limit
 from orchestrator_ext.warm_jobs import WarmCommand, WarmStarter, job_command, parse_command
@@ -188,25 +190,57 @@ class TestWarmStarter:
     def test_a_job_waiting_on_a_server_that_dies_fails_instead_of_hanging(
         self, warm: WarmStarter, tmp_path: Path
     ) -> None:
-        failed: list[BaseException] = []
-
-        def wait_for_sleeper() -> None:
-            try:
-                warm.run(_command(tmp_path, "sleep"))
-            except subprocess.CalledProcessError as exc:
-                failed.append(exc)
-
-        waiter = threading.Thread(target=wait_for_sleeper)
-        waiter.start()
-        deadline = time.monotonic() + 20
-        while not (tmp_path / "sleep.txt").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        waiter, failed, pid = _start_sleeper(warm, tmp_path)
         (server,) = warm._servers.values()
         server._server.kill()
         waiter.join(20)
-        os.kill(_seen(tmp_path, "sleep")["pid"], signal.SIGKILL)  # the orphaned job
+        os.kill(pid, signal.SIGKILL)  # the orphaned job
         assert not waiter.is_alive()
         assert len(failed) == 1
         # The next job gets a new warm process.
         warm.run(_command(tmp_path, "ok"))
         assert _seen(tmp_path, "ok")["pid"] != os.getpid()
+
+    def test_jobs_stop_when_the_coordinator_is_gone(
+        self, warm: WarmStarter, tmp_path: Path
+    ) -> None:
+        waiter, failed, pid = _start_sleeper(warm, tmp_path)
+        (server,) = warm._servers.values()
+        assert server._server.stdin is not None
+        # What a SIGKILLed coordinator leaves: stdin closed without a quit line.
+        server._server.stdin.close()
+        wait_gone(pid, 20, "the job of a coordinator that is gone goes on")
+        waiter.join(20)
+        assert len(failed) == 1
+
+    def test_an_orderly_close_leaves_a_running_job_to_finish(
+        self, warm: WarmStarter, tmp_path: Path
+    ) -> None:
+        waiter, _, pid = _start_sleeper(warm, tmp_path)
+        warm.close()
+        try:
+            assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            waiter.join(20)
+
+
+def _start_sleeper(
+    warm: WarmStarter, tmp_path: Path
+) -> tuple[threading.Thread, list[BaseException], int]:
+    """Run the probe job that sleeps, from a thread; return the thread, the list its
+    failure goes to, and the job's pid once it has started."""
+    failed: list[BaseException] = []
+
+    def wait_for_sleeper() -> None:
+        try:
+            warm.run(_command(tmp_path, "sleep"))
+        except subprocess.CalledProcessError as exc:
+            failed.append(exc)
+
+    waiter = threading.Thread(target=wait_for_sleeper)
+    waiter.start()
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "sleep.txt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return waiter, failed, int(_seen(tmp_path, "sleep")["pid"])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from conftest import wait_gone
 
 from .conftest import (
     OUTPUT_ROOT,
@@ -524,6 +525,9 @@ def nap(batch, ctx):
 
 def held(batch, ctx):
     # Runs until the test lets it go: the run stays up however fast the machine is.
+    if "pids" in ctx.params:
+        with open(os.path.join(ctx.params["pids"], ctx.batch_id), "w") as out:
+            out.write(str(os.getpid()))
     deadline = time.monotonic() + 300
     while not os.path.exists(ctx.params["release"]) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -613,3 +617,36 @@ def test_a_second_coordinator_is_refused_from_another_folder(tmp_path: Path) -> 
     final = pl.read_parquet(root / "contended" / "final" / "result.parquet")
     expected = readings.select("id", (pl.col("reading") - 100).alias("above"))
     assert_frames_match(final, expected, by="id")
+
+
+def test_batch_jobs_of_a_sigkilled_coordinator_stop(tmp_path: Path) -> None:
+    """Killed with SIGKILL (the OOM killer on a login node), the coordinator cannot stop its
+    jobs; left running, they would work beside the attempts a rerun starts for the same
+    batches, on cores the rerun counts as free."""
+    release, pids = tmp_path / "release", tmp_path / "pids"
+    pids.mkdir()
+    job = {"function": "bad_jobs:held", "params": {"release": str(release), "pids": str(pids)}}
+    readings = setup_run(tmp_path, SLOW_JOBS, "orphans", job, n=40, seed=893, max_items=10)
+    out = (tmp_path / "first.out").open("w")
+    coordinator = subprocess.Popen(
+        snakemake_command(tmp_path, tmp_path / CONFIG), cwd=tmp_path, stdout=out,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(pids.iterdir())) < 2:  # --cores 2: two batches at once
+            assert coordinator.poll() is None, (tmp_path / "first.out").read_text()
+            assert time.monotonic() < deadline, "no two batches started"
+            time.sleep(0.05)
+        coordinator.kill()
+        coordinator.wait()
+        for pid in (int(p.read_text()) for p in pids.iterdir()):
+            wait_gone(pid, 30, f"batch job {pid} outlived the coordinator")
+    finally:
+        release.touch()  # whatever happened, nothing waits for the test any more
+        if coordinator.poll() is None:
+            coordinator.kill()
+            coordinator.wait()
+    run_snakemake(tmp_path, CONFIG)
+    expected = readings.select("id", (pl.col("reading") - 100).alias("above"))
+    assert_frames_match(read_final(tmp_path, "orphans"), expected, by="id")
