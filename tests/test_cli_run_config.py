@@ -35,6 +35,13 @@ class TestLoadCliConfig:
         with pytest.raises(OrchestratorError, match="either by its folder or by --configfile"):
             load_cli_config(_args(run="results/r", configfile=["c.yaml"]))
 
+    def test_no_run_outside_a_checkout_says_how_to_name_one(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.chdir(tmp_path)  # a user's own folder: no config/config.yaml
+        with pytest.raises(OrchestratorError, match=r"folder \(e\.g\. results/RUN_ID\) or --conf"):
+            load_cli_config(_args())
+
 
 class TestOpenRunStore:
     def test_never_creates_a_store(

@@ -9,6 +9,7 @@ overrides in the grammar of ``snakemake --config``.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -105,6 +106,11 @@ def load_cli_config(args: argparse.Namespace) -> RunConfig:
 
         run = read_resolved_config(args.run)
         return load_config(_merge(run.raw, overrides)) if overrides else run
+    if not args.configfile and not os.path.exists(EXAMPLE_CONFIG):
+        raise OrchestratorError(
+            f"no run named, and no {EXAMPLE_CONFIG} here to default to: give the run's "
+            "folder (e.g. results/RUN_ID) or --configfile FILE"
+        )
     raw: dict[str, Any] = {}
     for path in args.configfile or [EXAMPLE_CONFIG]:
         _merge(raw, read_config_file(path))
