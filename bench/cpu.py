@@ -18,7 +18,9 @@ Parquet. Sides, each a fresh process timed end to end (start-up, imports, I/O in
   ``snakemake --cores workers``.
 * **ours**: ``workflow/Snakefile`` with ``profiles/local`` (``--cores workers``), the job
   in item mode, concat merge tree, SQLite state: everything a run does (partition,
-  checksums, state, merge tree, manifest, dashboard).
+  checksums, state, merge tree, manifest, dashboard). **ours-wN** is the same with
+  ``job.workers: N`` (a process pool) at each batch count of ``--worker-batches``: one
+  batch at a time on all the cores, so no batch waits for a slot and none ends alone.
 
 Not peers, but the floor under both Snakemake sides: **snakemake-noop** and **ours-noop**, a
 Snakefile of one job that does nothing, run with Snakemake's local executor and with ours.
@@ -196,7 +198,10 @@ def write_items(path: Path, n_items: int) -> None:
     pl.DataFrame({"id": pl.int_range(0, n_items, eager=True)}).write_parquet(path)
 
 
-def prepare_ours(root: Path, items: Path, n_items: int, n_batches: int, rounds: int) -> Path:
+def prepare_ours(
+    root: Path, items: Path, n_items: int, n_batches: int, rounds: int, workers: int = 1
+) -> Path:
+    """Our config: ``n_batches`` batches, each on ``workers`` in-job workers (processes)."""
     import yaml
 
     root.mkdir(parents=True, exist_ok=True)
@@ -213,6 +218,8 @@ def prepare_ours(root: Path, items: Path, n_items: int, n_batches: int, rounds: 
         "merge": {"fan_in": 16, "mode": "concat"},
         "state": {"backend": "sqlite"},
     }
+    if workers > 1:
+        config["job"] |= {"workers": workers, "pool": "process"}
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -272,14 +279,25 @@ def side_runner(
                    f"batches={n}", f"items={items}", f"rounds={args.rounds}"]  # fmt: skip
             keep = ("Snakefile", *PLAIN_SCRIPTS)
             cases[f"snakemake@{n}"] = (cmd, cwd, cwd / "out" / "result.parquet", keep, env)
-        cwd = work / f"ours-{n}"
-        configfile = prepare_ours(cwd, items, args.items, n, args.rounds)
-        cmd = [SNAKEMAKE, "--snakefile", str(REPO / "workflow" / "Snakefile"),
-               "--profile", str(REPO / "profiles" / "local"), "--configfile", str(configfile),
-               "--cores", str(args.workers), "--quiet", "all"]  # fmt: skip
-        out = cwd / "results" / "cpu" / "final" / "result.parquet"
-        cases[f"ours@{n}"] = (cmd, cwd, out, ("config.yaml",), env)
+        cases.update([ours_case(args, work, items, n, 1, env)])
+    for n in args.worker_batches:
+        # One wave: every batch uses all the cores (job.workers), none waits for a slot.
+        cases.update([ours_case(args, work, items, n, args.workers, env)])
     return cases
+
+
+def ours_case(
+    args: argparse.Namespace, work: Path, items: Path, n: int, workers: int, env: dict[str, str]
+) -> tuple[str, tuple[list[str], Path, Path, tuple[str, ...], dict[str, str]]]:
+    """Our run of ``n`` batches on ``workers`` in-job workers: (case name, its runner)."""
+    name = f"ours@{n}" if workers == 1 else f"ours-w{workers}@{n}"
+    cwd = work / name.replace("@", "-")
+    configfile = prepare_ours(cwd, items, args.items, n, args.rounds, workers)
+    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "workflow" / "Snakefile"),
+           "--profile", str(REPO / "profiles" / "local"), "--configfile", str(configfile),
+           "--cores", str(args.workers), "--quiet", "all"]  # fmt: skip
+    out = cwd / "results" / "cpu" / "final" / "result.parquet"
+    return name, (cmd, cwd, out, ("config.yaml",), env)
 
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -310,6 +328,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "workers": args.workers,
         "peer_chunks": args.peer_chunks,
         "batches": args.batches,
+        "worker_batches": args.worker_batches,
         "load_avg_1min": [min(loads), max(loads)],
         "sides": {},
     }
@@ -357,13 +376,15 @@ def render(results: dict[str, Any], facts: dict[str, str], args: argparse.Namesp
             f"| {side} | {n or '-'} | {per} | {entry['wall_s']:.2f} | {entry['cpu_s']:.1f} "
             f"| {entry['items_per_s']:,.0f} | {entry.get('vs_pool', float('nan')):.2f}x |"
         )
-    ours = {n: sides[f"ours@{n}"] for n in results["batches"] if f"ours@{n}" in sides}
-    best_n = max(ours, key=lambda n: ours[n]["items_per_s"]) if ours else None
+    ours = {name: e for name, e in sides.items() if name.startswith("ours") and name not in NOOPS}
+    best_n = max(ours, key=lambda name: ours[name]["items_per_s"]) if ours else None
     lines = [
         "## CPU-bound item job against its peers",
         "",
         f"`bench/cpu.py --items {n_items} --rounds {results['rounds']} --workers {workers} "
-        f"--batches {' '.join(map(str, results['batches']))} --repeats {args.repeats}`. "
+        f"--batches {' '.join(map(str, results['batches']))} "
+        f"--worker-batches {' '.join(map(str, results.get('worker_batches', [])))} "
+        f"--repeats {args.repeats}`. "
         f"{n_items:,} items, each {results['rounds']} sha256 rounds over a 256-byte payload "
         f"derived from its id, on {workers} workers; every side reads the ids from the same "
         "Parquet file and writes `(id, digest)` rows, checked equal to the pool's. Wall time of "
@@ -373,7 +394,8 @@ def render(results: dict[str, Any], facts: dict[str, str], args: argparse.Namesp
         f"*lithops*: localhost backend, {results['peer_chunks']} chunks; *snakemake*: a "
         "hand-written Snakefile (split, one `script:` job per batch, concat); *ours*: "
         "`workflow/Snakefile` with `profiles/local`, item mode, the whole run (partition with "
-        "checksums, SQLite state, merge tree, manifest, dashboard).",
+        "checksums, SQLite state, merge tree, manifest, dashboard); *ours-wN*: the same with "
+        "`job.workers: N` (processes), one batch at a time on every core.",
         "",
         *rows,
         "",
@@ -382,7 +404,7 @@ def render(results: dict[str, Any], facts: dict[str, str], args: argparse.Namesp
         best = ours[best_n]
         verdict = "met" if best["vs_pool"] >= TARGET_VS_POOL else "not met"
         lines.append(
-            f"Best of ours: {best_n} batches, {best['vs_pool']:.2f}x the pool's throughput "
+            f"Best of ours: {best_n}, {best['vs_pool']:.2f}x the pool's throughput "
             f"(target at least {TARGET_VS_POOL}x: {verdict})."
         )
         for peer in ("dask", "lithops"):
@@ -423,6 +445,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--plain-batches", type=int, nargs="*", default=[2, 4, 10, 100],
         help="the batch counts (of --batches) the plain Snakefile runs at",
+    )  # fmt: skip
+    parser.add_argument(
+        "--worker-batches", type=int, nargs="*", default=[1],
+        help="batch counts for ours with job.workers = --workers (one batch at a time)",
     )  # fmt: skip
     parser.add_argument("--peers", nargs="*", default=["pool", "dask", "lithops"])
     parser.add_argument("--peer-chunks", type=int, default=100, help="Lithops map calls")
