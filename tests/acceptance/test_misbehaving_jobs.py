@@ -525,9 +525,11 @@ def nap(batch, ctx):
 
 def held(batch, ctx):
     # Runs until the test lets it go: the run stays up however fast the machine is.
-    if "pids" in ctx.params:
-        with open(os.path.join(ctx.params["pids"], ctx.batch_id), "w") as out:
+    if "pids" in ctx.params:  # written whole, then renamed: the test never reads half
+        name = os.path.join(ctx.params["pids"], ctx.batch_id)
+        with open(name + ".tmp", "w") as out:
             out.write(str(os.getpid()))
+        os.replace(name + ".tmp", name)
     deadline = time.monotonic() + 300
     while not os.path.exists(ctx.params["release"]) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -634,13 +636,13 @@ def test_batch_jobs_of_a_sigkilled_coordinator_stop(tmp_path: Path) -> None:
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while len(list(pids.iterdir())) < 2:  # --cores 2: two batches at once
+        while len(list(pids.glob("[0-9]*[0-9]"))) < 2:  # --cores 2: two batches at once
             assert coordinator.poll() is None, (tmp_path / "first.out").read_text()
             assert time.monotonic() < deadline, "no two batches started"
             time.sleep(0.05)
         coordinator.kill()
         coordinator.wait()
-        for pid in (int(p.read_text()) for p in pids.iterdir()):
+        for pid in (int(p.read_text()) for p in pids.glob("[0-9]*[0-9]")):
             wait_gone(pid, 30, f"batch job {pid} outlived the coordinator")
     finally:
         release.touch()  # whatever happened, nothing waits for the test any more
