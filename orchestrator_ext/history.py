@@ -303,8 +303,13 @@ def read_dead_letters(
 # -- audit ---------------------------------------------------------------------------------
 
 
-def audit_rows(transitions: list[Transition]) -> list[dict[str, Any]]:
-    """The audit log as plain rows: task, from, to, attempt, host, slurm job id, time, detail."""
+def audit_rows(
+    transitions: list[Transition], layout: RunLayout | None = None
+) -> list[dict[str, Any]]:
+    """The audit log as plain rows: task, from, to, attempt, host, slurm job id, time, detail,
+    and, with ``layout``, the log of every failed attempt (its own, ``log_path``), which
+    stays findable after a later attempt succeeded."""
+    failed = {str(status) for status in _FAILED}
     return [
         {
             "task_id": t.task_id,
@@ -315,6 +320,11 @@ def audit_rows(transitions: list[Transition]) -> list[dict[str, Any]]:
             "slurm_job_id": t.slurm_job_id,
             "at": t.at,
             "detail": t.detail,
+            "log": (
+                log_path(layout, t.task_id, t.attempt)
+                if layout is not None and t.to_status in failed
+                else None
+            ),
         }
         for t in transitions
     ]

@@ -78,6 +78,8 @@ def render_audit(run_id: str, rows: list[dict[str, Any]]) -> list[str]:
     lines = [f"run {run_id}: {len(rows)} transitions"]
     for row in rows:
         detail = f"  {row['detail']}" if row["detail"] else ""
+        if row.get("log"):
+            detail += f"  log: {row['log']}"
         lines.append(
             f"{row['at']}  {row['task_id']:<22} {row['from'] or '-':>9} -> {row['to']:<9} "
             f"attempt {row['attempt']}  host {row['host'] or '-'}  "

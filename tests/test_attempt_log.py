@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator_ext import attempt_log
-from orchestrator_ext.history import log_path
+from orchestrator_ext.history import audit_rows, log_path
+from orchestrator_ext.history_view import render_audit
 from orchestrator_ext.layout import RunLayout
 from orchestrator_ext.state.sqlite import SqliteStateStore
 
@@ -76,3 +77,23 @@ def test_attempt_scope_tells_its_listener_the_attempt_before_the_block(tmp_path:
         with store.attempt_scope("batch-00000") as attempt:
             assert seen[-1] == attempt.attempt == expected
     store.close()
+
+
+def test_the_audit_names_a_failed_attempts_log_after_a_retry_succeeded(tmp_path: Path) -> None:
+    layout = RunLayout(str(tmp_path / "run"))
+    log = log_path(layout, "batch-00000")
+    assert log is not None
+    Path(log).parent.mkdir(parents=True)
+    store = SqliteStateStore(tmp_path / "state.db", "r")
+    store.ensure_tasks(["batch-00000"])
+    with pytest.raises(MemoryError), store.attempt_scope("batch-00000"):
+        Path(attempt_log.path(log, 1)).write_text("attempt 1's traceback\n")
+        raise MemoryError("out of memory")
+    with store.attempt_scope("batch-00000") as attempt:
+        store.succeed(attempt, "sha")
+    rows = audit_rows(store.transitions("batch-00000"), layout)
+    store.close()
+    logs = {(row["to"], row["attempt"]): row["log"] for row in rows}
+    assert logs[("FAILED", 1)] == attempt_log.path(log, 1)
+    assert logs[("SUCCEEDED", 2)] is None
+    assert f"log: {attempt_log.path(log, 1)}" in "\n".join(render_audit("r", rows))

@@ -105,12 +105,13 @@ def cmd_errors(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     """Every state transition of the run (or of one task), oldest first."""
     from orchestrator_ext.history import audit_rows, resolve_task
+    from orchestrator_ext.layout import RunLayout
 
     config = load_cli_config(args)
     store = open_run_store(config)
     try:
         task_id = resolve_task(args.task, [t.task_id for t in store.tasks()]) if args.task else None
-        rows = audit_rows(store.transitions(task_id))
+        rows = audit_rows(store.transitions(task_id), RunLayout(config.run_dir))
     finally:
         store.close()
     if args.json:

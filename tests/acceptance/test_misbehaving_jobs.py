@@ -450,6 +450,12 @@ def test_a_retried_batch_keeps_the_failed_attempts_log(tmp_path: Path) -> None:
         result.describe()[:3000]
     )
     assert_frames_match(read_final(tmp_path, "oom-once"), readings.select("id", "reading"), by="id")
+    # Once the retry succeeded, the audit still leads to the failed attempt's log.
+    audit = run_orchestrator(
+        tmp_path, "audit", "--configfile", CONFIG, "--task", "1", "--json"
+    ).json()
+    failed = [row for row in audit["transitions"] if row["to"] == "FAILED"]
+    assert [Path(row["log"]).name for row in failed] == ["00001.attempt-1.log"], audit
 
 
 def test_a_job_printing_200_kb_keeps_it_in_its_log(tmp_path: Path) -> None:
