@@ -39,7 +39,7 @@ from collections import deque
 from concurrent.futures import Future
 from typing import Any, NamedTuple
 
-from orchestrator_ext.runtime_limit import track_process
+from orchestrator_ext.runtime_limit import RuntimeWatch, track_process
 
 logger = logging.getLogger(__name__)
 
@@ -289,25 +289,26 @@ def serve(preload: list[str]) -> None:
 
 
 def _stop_jobs(pids: set[int], grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM every running job, SIGKILL those still there ``grace_s`` later, and reap
-    them (nobody reads their statuses any more: the attempts stay RUNNING, and the rerun's
-    executor records them as lost)."""
+    """Stop every running job as a runtime limit does (``RuntimeWatch``: SIGTERM to the job
+    and the processes it started, SIGKILL to what is left), and reap the jobs. SIGKILL
+    comes once the jobs are gone or ``grace_s`` has passed. Nobody reads their statuses any
+    more: their attempts stay RUNNING until a rerun begins the next attempt of the batch."""
+    watch = RuntimeWatch(None, "the jobs of a coordinator that is gone")
     for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+        watch.add(pid)
+    watch.send(signal.SIGTERM, again=False)
     deadline = time.monotonic() + grace_s
     while pids and time.monotonic() < deadline:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:  # every job is reaped
-            return
+            break
         if pid:
             pids.discard(pid)
         else:
             time.sleep(0.05)
+    watch.send(signal.SIGKILL, again=True)  # a job still there, or a child it left
     for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
 

@@ -82,7 +82,7 @@ class TestParseCommand:
 #: A job step for these tests, in a module the warm process imports: what a warm job sees,
 #: and how it ends.
 PROBE_STEPS = """
-import os, signal, sys, time
+import os, signal, subprocess, sys, time
 from pathlib import Path
 from orchestrator_ext import jobstep
 
@@ -100,6 +100,10 @@ def probe(argv):
     if how == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     if how == "sleep":
+        time.sleep(60)
+    if how == "child":  # a job that starts a process of its own, as research code does
+        child = subprocess.Popen(["sleep", "60"])
+        Path(out + ".child").write_text(str(child.pid))
         time.sleep(60)
 
 jobstep.STEPS["probe"] = probe
@@ -204,12 +208,17 @@ class TestWarmStarter:
     def test_jobs_stop_when_the_coordinator_is_gone(
         self, warm: WarmStarter, tmp_path: Path
     ) -> None:
-        waiter, failed, pid = _start_sleeper(warm, tmp_path)
+        waiter, failed, pid = _start_sleeper(warm, tmp_path, "child")
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "child.txt.child").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child = int((tmp_path / "child.txt.child").read_text())
         (server,) = warm._servers.values()
         assert server._server.stdin is not None
         # What a SIGKILLed coordinator leaves: stdin closed without a quit line.
         server._server.stdin.close()
         wait_gone(pid, 20, "the job of a coordinator that is gone goes on")
+        wait_gone(child, 20, "a process the job started goes on")
         waiter.join(20)
         assert len(failed) == 1
 
@@ -226,21 +235,21 @@ class TestWarmStarter:
 
 
 def _start_sleeper(
-    warm: WarmStarter, tmp_path: Path
+    warm: WarmStarter, tmp_path: Path, how: str = "sleep"
 ) -> tuple[threading.Thread, list[BaseException], int]:
-    """Run the probe job that sleeps, from a thread; return the thread, the list its
-    failure goes to, and the job's pid once it has started."""
+    """Run a probe job that sleeps (``how``), from a thread; return the thread, the list
+    its failure goes to, and the job's pid once it has started."""
     failed: list[BaseException] = []
 
     def wait_for_sleeper() -> None:
         try:
-            warm.run(_command(tmp_path, "sleep"))
+            warm.run(_command(tmp_path, how))
         except subprocess.CalledProcessError as exc:
             failed.append(exc)
 
     waiter = threading.Thread(target=wait_for_sleeper)
     waiter.start()
     deadline = time.monotonic() + 20
-    while not (tmp_path / "sleep.txt").exists() and time.monotonic() < deadline:
+    while not (tmp_path / f"{how}.txt").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    return waiter, failed, int(_seen(tmp_path, "sleep")["pid"])
+    return waiter, failed, int(_seen(tmp_path, how)["pid"])
