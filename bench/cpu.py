@@ -279,10 +279,12 @@ def side_runner(
                    f"batches={n}", f"items={items}", f"rounds={args.rounds}"]  # fmt: skip
             keep = ("Snakefile", *PLAIN_SCRIPTS)
             cases[f"snakemake@{n}"] = (cmd, cwd, cwd / "out" / "result.parquet", keep, env)
-        cases.update([ours_case(args, work, items, n, 1, env)])
+        name, case = ours_case(args, work, items, n, 1, env)
+        cases[name] = case
     for n in args.worker_batches:
         # One wave: every batch uses all the cores (job.workers), none waits for a slot.
-        cases.update([ours_case(args, work, items, n, args.workers, env)])
+        name, case = ours_case(args, work, items, n, args.workers, env)
+        cases[name] = case
     return cases
 
 
@@ -377,7 +379,7 @@ def render(results: dict[str, Any], facts: dict[str, str], args: argparse.Namesp
             f"| {entry['items_per_s']:,.0f} | {entry.get('vs_pool', float('nan')):.2f}x |"
         )
     ours = {name: e for name, e in sides.items() if name.startswith("ours") and name not in NOOPS}
-    best_n = max(ours, key=lambda name: ours[name]["items_per_s"]) if ours else None
+    best_name = max(ours, key=lambda name: ours[name]["items_per_s"]) if ours else None
     lines = [
         "## CPU-bound item job against its peers",
         "",
@@ -400,11 +402,11 @@ def render(results: dict[str, Any], facts: dict[str, str], args: argparse.Namesp
         *rows,
         "",
     ]
-    if best_n is not None and "pool" in sides:
-        best = ours[best_n]
+    if best_name is not None and "pool" in sides:
+        best = ours[best_name]
         verdict = "met" if best["vs_pool"] >= TARGET_VS_POOL else "not met"
         lines.append(
-            f"Best of ours: {best_n}, {best['vs_pool']:.2f}x the pool's throughput "
+            f"Best of ours: {best_name}, {best['vs_pool']:.2f}x the pool's throughput "
             f"(target at least {TARGET_VS_POOL}x: {verdict})."
         )
         for peer in ("dask", "lithops"):
