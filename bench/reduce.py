@@ -8,8 +8,10 @@ one Parquet file. Sides, each a fresh process timed end to end:
   max, mean, std)``, written to Parquet.
 * **ours**: ``workflow/Snakefile`` with ``profiles/local`` and the shipped grouped_stats
   reduce job (exact integer partials, combined up a tree of fan-in ``--fan-in``) over
-  ``--batches`` batches: partition with checksums, SQLite state, merge tree, manifest,
-  dashboard.
+  ``--batches`` batches: partition, SQLite state, merge tree, manifest, dashboard. Twice:
+  *ranges* with ``batching.row_ranges: true`` (batches are row ranges of the input, read by
+  the batch jobs) and *copies* without (the partition writes and hashes a copy of every
+  batch).
 
 The two results are compared (count, sum, min, max exactly; mean and std to 1e-9 relative)
 before any figure is reported. Where our time goes comes from the state store's task
@@ -100,7 +102,13 @@ def check_equal(ours: Path, reference: Path) -> None:
     )
 
 
-def prepare_ours(root: Path, items: Path, n_rows: int, n_batches: int, fan_in: int) -> Path:
+#: Our two configs: batches as row ranges of the input, and as copies of its rows.
+SIDES = {"ranges": True, "copies": False}
+
+
+def prepare_ours(
+    root: Path, items: Path, n_rows: int, n_batches: int, fan_in: int, row_ranges: bool
+) -> Path:
     import yaml
 
     root.mkdir(parents=True, exist_ok=True)
@@ -108,7 +116,7 @@ def prepare_ours(root: Path, items: Path, n_rows: int, n_batches: int, fan_in: i
         "run_id": "reduce",
         "output_root": "results",
         "input": {"uri": str(items), "format": "parquet", "id_column": "id"},
-        "batching": {"max_items": -(-n_rows // n_batches)},
+        "batching": {"max_items": -(-n_rows // n_batches), "row_ranges": row_ranges},
         "job": {
             "function": "orchestrator_ext.jobs.grouped_stats:partial",
             "combine": "orchestrator_ext.jobs.grouped_stats:combine",
@@ -153,32 +161,39 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     polars_dir.mkdir()
     polars_cmd = [sys.executable, str(Path(__file__).resolve()), "--polars", str(items),
                   str(polars_dir / "result.parquet")]  # fmt: skip
-    ours_dir = work / "ours"
-    configfile = prepare_ours(ours_dir, items, args.rows, args.batches, args.fan_in)
-    ours_cmd = [SNAKEMAKE, "--snakefile", str(REPO / "workflow" / "Snakefile"),
-                "--profile", str(REPO / "profiles" / "local"), "--configfile", str(configfile),
-                "--cores", str(args.workers), "--quiet", "all"]  # fmt: skip
-    samples: dict[str, list[Any]] = {"polars": [], "ours": []}
-    timelines = []
+    commands = {}
+    for side, row_ranges in SIDES.items():
+        configfile = prepare_ours(
+            work / side, items, args.rows, args.batches, args.fan_in, row_ranges
+        )
+        commands[side] = [SNAKEMAKE, "--snakefile", str(REPO / "workflow" / "Snakefile"),
+                          "--profile", str(REPO / "profiles" / "local"),
+                          "--configfile", str(configfile), "--cores", str(args.workers),
+                          "--quiet", "all"]  # fmt: skip
+    samples: dict[str, list[Any]] = {"polars": [], **{side: [] for side in SIDES}}
+    timelines: dict[str, list[dict[str, float]]] = {side: [] for side in SIDES}
     loads = [os.getloadavg()[0]]
     for _ in range(args.repeats):
         sample, _ = timed_run(polars_cmd, cwd=polars_dir, env=env, what="polars")
         samples["polars"].append(sample)
-        for entry in ours_dir.iterdir():
-            if entry.name != "config.yaml":
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-        started = time.time()
-        sample, _ = timed_run(ours_cmd, cwd=ours_dir, env=env, what="ours")
-        samples["ours"].append(sample)
-        loads.append(os.getloadavg()[0])
-        run_dir = ours_dir / "results" / "reduce"
-        check_equal(run_dir / "final" / "result.parquet", polars_dir / "result.parquet")
-        timelines.append(phases(run_dir / "state.sqlite", started) | {"wall_s": sample.wall_s})
+        for side, command in commands.items():
+            ours_dir = work / side
+            for entry in ours_dir.iterdir():
+                if entry.name != "config.yaml":
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            started = time.time()
+            sample, _ = timed_run(command, cwd=ours_dir, env=env, what=f"ours ({side})")
+            samples[side].append(sample)
+            loads.append(os.getloadavg()[0])
+            run_dir = ours_dir / "results" / "reduce"
+            check_equal(run_dir / "final" / "result.parquet", polars_dir / "result.parquet")
+            timeline = phases(run_dir / "state.sqlite", started) | {"wall_s": sample.wall_s}
+            timelines[side].append(timeline)
         print(
-            f"  polars {samples['polars'][-1].wall_s:6.2f} s   ours {sample.wall_s:6.2f} s",
+            f"  polars {samples['polars'][-1].wall_s:6.2f} s   "
+            + "   ".join(f"{side} {samples[side][-1].wall_s:6.2f} s" for side in SIDES),
             flush=True,
         )
-    ours = median_sample(samples["ours"])
     results: dict[str, Any] = {
         "rows": args.rows,
         "batches": args.batches,
@@ -187,17 +202,29 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "input_mib": items.stat().st_size / 2**20,
         "load_avg_1min": [min(loads), max(loads)],
         "polars": median_sample(samples["polars"]),
-        "ours": ours,
-        # the run nearest the median, to tell where a typical run's time goes
-        "timeline": min(timelines, key=lambda t: abs(t["wall_s"] - ours["wall_s"])),
     }
-    results["ratio"] = results["ours"]["wall_s"] / results["polars"]["wall_s"]
+    for side in SIDES:
+        ours = median_sample(samples[side])
+        results[side] = ours
+        # the run nearest the median, to tell where a typical run's time goes
+        results[f"{side}_timeline"] = min(
+            timelines[side], key=lambda t: abs(t["wall_s"] - ours["wall_s"])
+        )
+        results[f"{side}_ratio"] = ours["wall_s"] / results["polars"]["wall_s"]
     return results
 
 
 def render(results: dict[str, Any], facts: dict[str, str], args: argparse.Namespace) -> str:
-    ours, base, t = results["ours"], results["polars"], results["timeline"]
-    verdict = "met" if results["ratio"] <= TARGET else "not met"
+    base = results["polars"]
+    rows = [
+        f"| {side} | {r['wall_s']:.2f} | {r['cpu_s']:.1f} | {r['rss_mib']:.0f} |"
+        for side, r in [("polars", base), *((f"ours, {s}", results[s]) for s in SIDES)]
+    ]
+    ratios = ", ".join(
+        f"{side} **{results[f'{side}_ratio']:.1f}x**"
+        f" ({'met' if results[f'{side}_ratio'] <= TARGET else 'not met'})"
+        for side in SIDES
+    )
     return "\n".join(
         [
             f"## Reduce: grouped statistics of {results['rows'] / 1e6:,.0f} million rows",
@@ -208,28 +235,38 @@ def render(results: dict[str, Any], facts: dict[str, str], args: argparse.Namesp
             f"{results['input_mib']:.0f} MiB of Parquet). *polars*: one lazy query "
             "(`scan_parquet` → `group_by` → count, sum, min, max, mean, std); *ours*: the "
             f"whole run with `profiles/local` on {results['workers']} cores, grouped_stats "
-            f"over {results['batches']} batches, fan-in {results['fan_in']}. Both results "
-            "are checked equal (exact integers; mean and std to 1e-9). Medians of "
-            f"{args.repeats} runs, each a fresh process.",
+            f"over {results['batches']} batches, fan-in {results['fan_in']}, with "
+            "`batching.row_ranges: true` (*ranges*: the batches are row ranges of the input) "
+            "and without (*copies*: the partition writes and hashes a copy of each batch). "
+            "Every result is checked equal to polars' (exact integers; mean and std to "
+            f"1e-9). Medians of {args.repeats} runs, each a fresh process.",
             "",
             "| side | wall (s) | CPU (s) | peak RSS (MiB) |",
             "|---|---:|---:|---:|",
-            f"| polars | {base['wall_s']:.2f} | {base['cpu_s']:.1f} | {base['rss_mib']:.0f} |",
-            f"| ours | {ours['wall_s']:.2f} | {ours['cpu_s']:.1f} | {ours['rss_mib']:.0f} |",
+            *rows,
             "",
-            f"**ours / polars: {results['ratio']:.1f}x** (target at most {TARGET:.0f}x: "
-            f"{verdict}).",
+            f"**ours / polars:** {ratios}; target at most {TARGET:.0f}x.",
             "",
             "Where our time goes (one run near the median, seconds since the command "
-            f"started): Snakemake start-up and parsing until the partition starts "
-            f"{t['partition_start']:.1f}; partition (read, check ids, write and hash "
-            f"{results['batches']} batch files) until {t['partition_end']:.1f}; batches "
-            f"until {t['batches_end']:.1f} ({t['batch_busy_s']:.1f} s inside the jobs); "
-            f"merge tree until {t['final_end']:.1f}; manifest until {t['manifest_end']:.1f}; "
-            f"dashboard and exit until {t['wall_s']:.1f}.",
+            "started): Snakemake start-up and parsing until the partition starts; partition "
+            "(read and check the ids; copies: write and hash the batch files) until its end; "
+            "batches (busy time inside the jobs); merge tree; manifest; dashboard and exit.",
+            "",
+            "| side | partition starts | partition ends | batches end (busy s) | final | "
+            "manifest | exit |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+            *(_timeline_row(side, results[f"{side}_timeline"]) for side in SIDES),
             "",
             machine_line(facts, results["load_avg_1min"]),
         ]
+    )
+
+
+def _timeline_row(side: str, t: dict[str, float]) -> str:
+    return (
+        f"| {side} | {t['partition_start']:.1f} | {t['partition_end']:.1f} | "
+        f"{t['batches_end']:.1f} ({t['batch_busy_s']:.1f}) | {t['final_end']:.1f} | "
+        f"{t['manifest_end']:.1f} | {t['wall_s']:.1f} |"
     )
 
 

@@ -69,6 +69,8 @@ class BatchingSpec:
     weight_column: str | None = None
     #: Seconds of work one batch should take; None: batches are sized by ``max_items``.
     target_seconds: float | None = None
+    #: Batches are row ranges of the input (``row_ranges``), not copies of its rows.
+    row_ranges: bool = False
 
     @classmethod
     def from_config(cls, batching: dict[str, Any]) -> BatchingSpec:
@@ -79,6 +81,7 @@ class BatchingSpec:
             max_bytes=batching.get("max_bytes"),
             weight_column=batching.get("weight_column"),
             target_seconds=batching.get("target_seconds"),
+            row_ranges=bool(batching.get("row_ranges")),
         )
 
 
@@ -95,6 +98,8 @@ def resolve_batching(data: dict[str, Any]) -> None:
             is longer than a batch job's wall time (``resources.runtime``).
     """
     batching = data["batching"]
+    if batching.get("row_ranges"):
+        _check_row_ranges(data)
     target = batching.get("target_seconds")
     if target is None:
         if batching.get("max_items") is None:
@@ -118,6 +123,28 @@ def resolve_batching(data: dict[str, Any]) -> None:
             f"invalid config: batching.target_seconds ({target:g} s) is longer than a batch "
             f"job may run (resources.runtime: {runtime} minutes), so every batch would be "
             "stopped at its time limit; lower target_seconds or raise resources.runtime"
+        )
+
+
+def _check_row_ranges(data: dict[str, Any]) -> None:
+    """``batching.row_ranges`` needs consecutive batches of local Parquet files: a range of
+    rows is read from a file by its row groups; CSV, JSONL and S3 objects have none.
+
+    Raises:
+        ConfigError: naming the setting that does not fit.
+    """
+    source = data["input"]
+    if source["format"] != "parquet" or is_remote(source["uri"]):
+        raise ConfigError(
+            "invalid config: batching.row_ranges needs a local Parquet input (input.format "
+            f"is {source['format']}, input.uri is {source['uri']}); drop row_ranges to have "
+            "the batches copied"
+        )
+    if data["batching"].get("weight_column") is not None:
+        raise ConfigError(
+            "invalid config: batching.row_ranges and batching.weight_column cannot be "
+            "combined: batching by weight gathers items from anywhere in the input, and a "
+            "row range holds consecutive rows; drop one of them"
         )
 
 

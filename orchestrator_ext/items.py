@@ -17,7 +17,8 @@ Two ways in:
   partition uses it.
 - ``read_items`` reads the whole input into one frame (``s3-keys``, small inputs, tests).
 
-Runs inside the partition job only.
+Runs inside the partition job, and in batch jobs of row ranges (``scan_listed``,
+``row_ranges``) and redrive.
 """
 
 from __future__ import annotations
@@ -527,6 +528,29 @@ def _id_key(id_column: str, dtype: pl.DataType) -> pl.Expr:
     return ids
 
 
+def _file_schemas(
+    spec: InputSpec, files: Sequence[InputFile]
+) -> tuple[list[pl.Schema], list[pl.Schema]]:
+    """Each file's schema as read, and with its ids typed (``id_dtype``).
+
+    Raises:
+        InputError: a file cannot be opened, or its ids do not fit ``input.id_type``.
+    """
+    raw_schemas, schemas = [], []
+    for file in files:
+        lazy = scan_frame(file.path, spec.format, file.name, spec.id_column)
+        with reading(file.name, spec.format):
+            raw = lazy.collect_schema()
+        typed = pl.Schema(raw)
+        if spec.id_column in raw:
+            typed[spec.id_column] = id_dtype(
+                raw[spec.id_column], spec.id_column, spec.id_type, file.name
+            )
+        raw_schemas.append(raw)
+        schemas.append(typed)
+    return raw_schemas, schemas
+
+
 @contextlib.contextmanager
 def open_items(
     spec: InputSpec,
@@ -543,18 +567,7 @@ def open_items(
             not fit, files that do not combine. S3Error: as ``input_files``.
     """
     with input_files(spec, s3_client, scratch_dir, page_size) as files:
-        raw_schemas, schemas = [], []
-        for file in files:
-            lazy = scan_frame(file.path, spec.format, file.name, spec.id_column)
-            with reading(file.name, spec.format):
-                raw = lazy.collect_schema()
-            typed = pl.Schema(raw)
-            if spec.id_column in raw:
-                typed[spec.id_column] = id_dtype(
-                    raw[spec.id_column], spec.id_column, spec.id_type, file.name
-                )
-            raw_schemas.append(raw)
-            schemas.append(typed)
+        raw_schemas, schemas = _file_schemas(spec, files)
 
         def height(index: int) -> int:
             file = files[index]
@@ -565,6 +578,20 @@ def open_items(
         names = [file.name for file in files]
         schema = combine_schemas(schemas, names, spec.id_column, _what(spec), height)
         yield ItemSource(spec, files, raw_schemas, schemas, schema)
+
+
+def scan_listed(spec: InputSpec, paths: Sequence[str], schema: pl.Schema) -> list[pl.LazyFrame]:
+    """Local files ``paths`` of ``spec``'s source, each scanned as ``ItemSource.scan`` scans
+    it in a source whose files combine to ``schema`` (as the partition recorded it), without
+    opening the source's other files.
+
+    Raises:
+        InputError: a file cannot be opened, or its ids do not fit ``input.id_type``.
+    """
+    files = [InputFile(path, path, {"path": path}) for path in paths]
+    raw_schemas, schemas = _file_schemas(spec, files)
+    source = ItemSource(spec, files, raw_schemas, schemas, schema)
+    return [source.scan(index) for index in range(len(files))]
 
 
 def read_items(

@@ -106,9 +106,10 @@ def process_batch_main(argv: list[str] | None = None) -> None:
     from orchestrator_ext.process import process_batch
 
     parser = argparse.ArgumentParser(prog="python -m orchestrator_ext.jobstep process-batch")
-    for name in ("config-file", "log", "batch", "batch-file", "plan-file", "result",
-                 "record"):  # fmt: skip
+    for name in ("config-file", "log", "batch", "plan-file", "result", "record"):
         parser.add_argument(f"--{name}", required=True)
+    # Empty for a batch of row ranges (batching.row_ranges): its items are named in the plan.
+    parser.add_argument("--batch-file", default="")
     args = parser.parse_args(argv)
     # A file, not an argument: the config may hold secrets (workflow.job_config_file).
     with open(args.config_file) as handle:
@@ -119,7 +120,7 @@ def process_batch_main(argv: list[str] | None = None) -> None:
         process_batch,
         raw_config,
         batch=args.batch,
-        batch_file=args.batch_file,
+        batch_file=args.batch_file or None,
         plan_file=args.plan_file,
         result_file=args.result,
         dead_letter_uri=run.dead_letter(args.batch),

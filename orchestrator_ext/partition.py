@@ -18,6 +18,9 @@ weight, batches are gathered a group at a time, one pass over the input per grou
 (``_write_scattered``). Each batch is chunked as a slice of the whole input would be, so
 its file is the one the partition wrote when it read the input whole.
 
+With ``batching.row_ranges`` nothing is copied: each batch is a list of row ranges of the
+input's files in ``plan.json`` (``row_ranges``), which the batch job reads.
+
 The batch folder is built under a temporary name and renamed into place, so a failed
 partition leaves nothing behind that a later run would trust.
 """
@@ -39,7 +42,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from orchestrator_ext import sizing, task
+from orchestrator_ext import row_ranges, sizing, task
 from orchestrator_ext.config import BatchingSpec, RunConfig
 from orchestrator_ext.errors import InputError, OrchestratorError
 from orchestrator_ext.fingerprint import input_listing, listing_sha256
@@ -399,7 +402,7 @@ def partition_items(
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         try:
             try:
-                n_items, batches, batching = _cut_items(
+                n_items, batches, batching, input_facts = _cut_items(
                     config, client, tmp, final.parent, listing, _read_sizing(files, sizing_uri)
                 )
             except InputError:
@@ -409,6 +412,7 @@ def partition_items(
             _check_unchanged(config, client, listing)
             plan = build_plan(config, listing, n_items, batches)
             plan["batching"] = batching
+            plan["input"].update(input_facts)
             (tmp / "plan.json").write_text(json.dumps(plan, indent=2, sort_keys=True) + "\n")
             removed = remove_derived(config, client)
             reset = store.start_plan(
@@ -440,18 +444,23 @@ def _cut_items(
     scratch_dir: Path,
     listing: list[dict[str, Any]],
     previous: dict[str, Any] | None,
-) -> tuple[int, list[dict[str, Any]], dict[str, Any]]:
+) -> tuple[int, list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """Size the batches (``sizing.batching_for``: by the config, or by time on the first
     items unless ``previous`` recorded a size for this config and input), plan them from
     what the batching needs of the items, then write them into ``out_dir`` streaming the
-    input; return the number of items, the batches' facts and the plan's ``batching``.
+    input; return the number of items, the batches' facts, the plan's ``batching`` and what
+    its ``input`` holds beyond the listing (row ranges: the combined schema; ``row_ranges``).
 
     An ``s3-keys`` source is read whole: its items are a few short strings per object."""
     if config.input.format == "s3-keys":
         frame, _ = read_items(config.input, client)
-        return _cut(_Items.of_frame(frame), config, out_dir, listing, previous)
+        return *_cut(_Items.of_frame(frame), config, out_dir, listing, previous), {}
     with open_items(config.input, client, scratch_dir) as source:
-        return _cut(_Items.of_source(source), config, out_dir, listing, previous)
+        if not config.batching.row_ranges:
+            return *_cut(_Items.of_source(source), config, out_dir, listing, previous), {}
+        write = row_ranges.writer(source, listing)
+        cut = _cut(_Items.of_source(source), config, out_dir, listing, previous, write)
+        return *cut, {"schema_ipc": row_ranges.schema_text(source.schema)}
 
 
 def _cut(
@@ -460,6 +469,7 @@ def _cut(
     out_dir: Path,
     listing: list[dict[str, Any]],
     previous: dict[str, Any] | None,
+    write: Callable[..., list[dict[str, Any]]] | None = None,
 ) -> tuple[int, list[dict[str, Any]], dict[str, Any]]:
     batching, fields = sizing.batching_for(
         config, _head(items, sizing.SAMPLE_ITEMS), listing_sha256=listing_sha256(listing),
@@ -468,7 +478,7 @@ def _cut(
     numbers = items.batch_numbers(batching)
     if numbers.is_empty():
         raise InputError(f"input {config.input.uri} has no items")
-    return len(numbers), write_batches(items.frames, numbers, out_dir), fields
+    return len(numbers), (write or write_batches)(items.frames, numbers, out_dir), fields
 
 
 def _head(items: _Items, n: int) -> pl.DataFrame:

@@ -29,6 +29,7 @@ from typing import Any
 
 import polars as pl
 
+from orchestrator_ext import row_ranges
 from orchestrator_ext.batch_mode import run_batch_mode
 from orchestrator_ext.chunks import (
     ChunkStore,
@@ -44,7 +45,7 @@ from orchestrator_ext.dead_letter import (
     dead_letter_frame,
     publish_dead_letters,
 )
-from orchestrator_ext.errors import StateConflict
+from orchestrator_ext.errors import InputError, StateConflict
 from orchestrator_ext.faults import injector_for
 from orchestrator_ext.item_mode import run_item_mode
 from orchestrator_ext.job import job_context, load_callable
@@ -69,7 +70,7 @@ def process_batch(
     config: RunConfig,
     store: StateStore,
     batch: str,
-    batch_file: str,
+    batch_file: str | None,
     plan_file: str,
     result_file: str,
     dead_letter_uri: str,
@@ -82,9 +83,10 @@ def process_batch(
         config: the run config.
         store: the run's state store.
         batch: zero-padded batch number.
-        batch_file: the batch's items (Parquet).
+        batch_file: the batch's items (Parquet); None when the plan names them as row
+            ranges of the input (``batching.row_ranges``).
         plan_file: the run's ``plan.json``; the batch file is refused if its sha256 is not
-            the one the plan recorded for the batch.
+            the one the plan recorded for the batch (``read_batch``).
         result_file, record_file: where to publish (Snakemake outputs: local paths).
         dead_letter_uri: where the dead letters go if there are any: a path, or an
             ``s3://`` URI this job uploads to (``publish_dead_letters``).
@@ -103,9 +105,7 @@ def process_batch(
     host = current_host()
     with store.attempt_scope(batch_id(int(batch)), host) as attempt:
         started = time.monotonic()
-        batch_sha256 = read_json(plan_file)["batches"][int(batch)]["sha256"]
-        verify_checksum(batch_file, batch_sha256, f"batch {batch} input")
-        items = pl.read_parquet(batch_file)
+        items, batch_sha256 = read_batch(config, plan_file, batch, batch_file)
         chunks = _open_chunks(config, store, attempt, batch, items, batch_sha256)
         outcome = _run_job(config, store, attempt, batch, items, chunks)
         n_items, n_dead = items.height, len(outcome.dead)
@@ -158,6 +158,29 @@ def process_batch(
         chunks.clear()  # the batch committed: its chunks are no longer needed
     logger.info("batch %s: %d items, %d dead, %d rows", batch, n_items, n_dead, record["rows"])
     return record
+
+
+def read_batch(
+    config: RunConfig, plan_file: str, batch: str, batch_file: str | None
+) -> tuple[pl.DataFrame, str]:
+    """The batch's items and the checksum they are known by: its copy, refused unless its
+    sha256 is the plan's, or its row ranges of the input (``row_ranges.read``).
+
+    Raises:
+        ChecksumMismatch, MissingOutput: the copy changed or is gone. InputError: an
+            input file of the ranges changed, or the plan has no copy for ``batch_file``.
+    """
+    plan = read_json(plan_file)
+    entry = plan["batches"][int(batch)]
+    if "ranges" in entry:
+        return row_ranges.read(config.input, plan, entry), entry["sha256"]
+    if not batch_file:
+        raise InputError(
+            f"batch {batch}: the plan {plan_file} has a batch file for it, and none was "
+            "given; the plan was made without batching.row_ranges: run again to partition anew"
+        )
+    verify_checksum(batch_file, entry["sha256"], f"batch {batch} input")
+    return pl.read_parquet(batch_file), entry["sha256"]
 
 
 def _run_job(

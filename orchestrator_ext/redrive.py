@@ -1,7 +1,8 @@
 """Redrive: a new run over the dead-lettered items of a finished run.
 
-``redrive`` joins the ids in ``dead_letter/batch-*.parquet`` with the run's batch files, so
-the new input holds the items' *original rows* (every input column), in batch order. It
+``redrive`` joins the ids in ``dead_letter/batch-*.parquet`` with the run's batch files (or
+with the input rows the plan names, for row ranges), so the new input holds the items'
+*original rows* (every input column), in batch order. It
 writes that as one Parquet file, a config for the new run that is the old one with
 ``run_id`` and ``input`` replaced, and a ``redrive.json`` in both run folders::
 
@@ -76,17 +77,23 @@ def next_run_id(config: RunConfig, files: Location | None = None) -> str:
 
 
 def collect_dead_items(
-    run_dir: str, id_column: str, category: str | None = None, files: Location | None = None
+    config: RunConfig, category: str | None = None, files: Location | None = None
 ) -> tuple[pl.DataFrame, dict[str, int]]:
-    """The original rows of the run's dead-lettered items, and their count per category.
+    """The original rows of the run's dead-lettered items, and their count per category:
+    from the batch files, or for row ranges (``batching.row_ranges``) from the input.
 
     Raises:
         RedriveError: a dead-letter file has no batch file, or names ids its batch lacks.
+        InputError: an input file of a row range changed since the partition.
     """
     import polars as pl
 
-    files = files or location_of(run_dir)
-    layout = RunLayout(run_dir)
+    from orchestrator_ext import row_ranges
+
+    id_column = config.input.id_column
+    files = files or location_of(config.run_dir)
+    layout = RunLayout(config.run_dir)
+    plan = files.read_json(layout.plan) if config.batching.row_ranges else None
     frames: list[pl.DataFrame] = []
     by_category: dict[str, int] = {}
     for path in files.list(layout.dead_letters_dir, ".parquet"):
@@ -96,12 +103,16 @@ def collect_dead_items(
         if dead.height == 0:
             continue
         batch_id = path.rsplit("/", 1)[-1].removesuffix(".parquet").removeprefix("batch-")
-        batch_file = layout.batch(batch_id)
-        if not files.exists(batch_file):
-            raise RedriveError(
-                f"{path} has no batch file {batch_file}: the run folder is incomplete"
-            )
-        rows = files.read_parquet(batch_file)
+        if plan is not None:
+            batch_file = f"the rows {layout.plan} names for batch {batch_id}"
+            rows = row_ranges.read(config.input, plan, plan["batches"][int(batch_id)])
+        else:
+            batch_file = layout.batch(batch_id)
+            if not files.exists(batch_file):
+                raise RedriveError(
+                    f"{path} has no batch file {batch_file}: the run folder is incomplete"
+                )
+            rows = files.read_parquet(batch_file)
         wanted = dead.select(pl.col("id").cast(rows.schema[id_column]).alias(id_column)).unique()
         found = rows.join(wanted, on=id_column, how="semi", maintain_order="left")
         if found.height != wanted.height:
@@ -177,7 +188,7 @@ def redrive(
         if taken:
             raise RedriveError(f"{what} {where} already exists; choose another (or remove it)")
 
-    items, by_category = collect_dead_items(config.run_dir, config.input.id_column, category, files)
+    items, by_category = collect_dead_items(config, category, files)
     if category is None and items.height != manifest.get("items_dead_lettered"):
         raise RedriveError(
             f"found {items.height} dead-lettered items but the manifest records "

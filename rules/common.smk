@@ -79,6 +79,11 @@ def get_runtime(wildcards, attempt):
     return RUN.resources.for_attempt(attempt)[1]
 
 
+def get_batch_input(wildcards):
+    """The batch's copy, or nothing for row ranges of the input (batching.row_ranges)."""
+    return {} if RUN.batching.row_ranges else {"batch": LAYOUT.batch(wildcards.batch)}
+
+
 def get_children(level, index):
     plan = get_plan()
     nodes = [

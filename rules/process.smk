@@ -5,7 +5,8 @@
 
 rule process_batch:
     input:
-        batch=LAYOUT.batch("{batch}"),
+        # The batch's copy; none for row ranges, which the plan names (batching.row_ranges).
+        unpack(get_batch_input),
         plan=LAYOUT.plan,
     output:
         result=LAYOUT.result("{batch}"),
@@ -27,8 +28,9 @@ rule process_batch:
         python=ox.CommandArgument(sys.executable),
         # The config travels in a 0600 file, never on the command line (job_config_file).
         config=lambda wildcards: ox.CommandArgument(ox.job_config_file(RUN)),
+        batch_file=lambda wildcards, input: input.get("batch", ""),
     shell:
         "POLARS_MAX_THREADS={threads} {params.python} -m orchestrator_ext.jobstep process-batch"
-        " --batch {wildcards.batch} --batch-file {input.batch:q} --plan-file {input.plan:q}"
+        " --batch {wildcards.batch} --batch-file={params.batch_file:q} --plan-file {input.plan:q}"
         " --result {output.result:q} --record {output.record:q} --log {log:q}"
         " --config-file {params.config:q} >> {log:q} 2>&1"

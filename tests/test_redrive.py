@@ -36,7 +36,7 @@ def finished(tmp_path: Path, make_config: Callable[..., dict[str, Any]]):
 class TestCollectDeadItems:
     def test_original_rows_in_batch_order(self, finished, tmp_path: Path) -> None:
         _, config = finished
-        items, by_category = collect_dead_items(config.run_dir, "id")
+        items, by_category = collect_dead_items(config)
         original = pl.read_parquet(tmp_path / "items.parquet")
         assert items.equals(original.filter(pl.col("id").is_in(list(BAD_IDS))))
         assert items.columns == ["id", "value", "label"]
@@ -48,7 +48,7 @@ class TestCollectDeadItems:
         frame = pl.read_parquet(path).with_columns(pl.lit(999).alias("id"))
         frame.write_parquet(path)
         with pytest.raises(RedriveError, match="not in .*batch-00000.parquet"):
-            collect_dead_items(config.run_dir, "id")
+            collect_dead_items(config)
 
 
 class TestRedrive:
