@@ -422,6 +422,24 @@ class TestBeginAttempt:
         assert row.version == 2
         assert row.started_at and row.updated_at and row.items_done == 0
 
+    def test_a_running_attempt_superseded_is_said_so_in_the_audit_log(
+        self, store: StateStore
+    ) -> None:
+        store.ensure_tasks(IDS)
+        lease = store.begin_attempt("batch-00002")
+        store.fail(lease, "transient", "TimeoutError", "slow", retryable=True)
+        store.begin_attempt("batch-00002")  # after a recorded end: nothing to say
+        store.begin_attempt("batch-00002")  # attempt 2 never ended: its process was lost
+        log = store.transitions("batch-00002")
+        assert [(t.from_status, t.to_status, t.attempt) for t in log[-2:]] == [
+            ("FAILED", "RUNNING", 2), ("RUNNING", "RUNNING", 3)
+        ]  # fmt: skip
+        assert log[-2].detail is None
+        assert log[-1].detail == (
+            "attempt 2 was still RUNNING and is superseded: its process was lost, or it can "
+            "no longer commit"
+        )
+
     def test_clears_the_previous_failure(self, store: StateStore) -> None:
         store.ensure_tasks(IDS)
         lease = store.begin_attempt("batch-00000")

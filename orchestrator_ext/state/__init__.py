@@ -176,9 +176,18 @@ class StateStore(abc.ABC):
                 "error_type": None,
                 "error_message": None,
             }
-            transition = Transition(
-                task_id, str(record.status), "RUNNING", attempt, at, host, slurm_job_id
+            # A RUNNING row means its attempt never recorded an end: its process was lost
+            # (a killed coordinator or node), or it still runs and can no longer commit.
+            superseded = (
+                f"attempt {record.attempt} was still RUNNING and is superseded: its process "
+                "was lost, or it can no longer commit"
+                if record.status == TaskStatus.RUNNING
+                else None
             )
+            transition = Transition(
+                task_id, str(record.status), "RUNNING", attempt, at, host, slurm_job_id,
+                superseded,
+            )  # fmt: skip
             try:
                 self._update(task_id, record.version, changes, transition)
             except StateConflict:
