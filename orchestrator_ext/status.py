@@ -337,7 +337,14 @@ def render_status(status: RunStatus) -> RenderableType:
                 "-" if task.items_done is None else f"{task.items_done:,}",
                 Text(task.host or "-"), Text(task.slurm_job_id or "-"),
             )  # fmt: skip
-        parts += [Text("slowest running batches", style="bold"), slow]
+        # A stopped run's RUNNING rows are what it left: nothing waits for those attempts.
+        heading = (
+            "batches left RUNNING by the stopped run (no coordinator waits for them; the "
+            "next run starts them again)"
+            if status.stopped
+            else "slowest running batches"
+        )
+        parts += [Text(heading, style="bold"), slow]
     return Group(*parts)
 
 

@@ -205,6 +205,9 @@ class TestStatusCommand:
         assert main(["status", "--configfile", str(configfile)]) == 0
         out = capsys.readouterr().out
         assert "run r: 6 tasks, stopped" in out and "no coordinator is running it" in out
+        # The RUNNING batch is not said to be running: the stopped run left it so.
+        assert "slowest running batches" not in out
+        assert "batches left RUNNING by the stopped run" in " ".join(out.split())
         assert main(["status", "--json", "--configfile", str(configfile)]) == 0
         data = json.loads(capsys.readouterr().out)
         assert (data["state"], data["stopped"], data["coordinator"]) == ("stopped", True, None)
