@@ -93,7 +93,7 @@ def collect_dead_items(
     id_column = config.input.id_column
     files = files or location_of(config.run_dir)
     layout = RunLayout(config.run_dir)
-    plan = files.read_json(layout.plan) if config.batching.row_ranges else None
+    plan = files.read_json(layout.plan)
     frames: list[pl.DataFrame] = []
     by_category: dict[str, int] = {}
     for path in files.list(layout.dead_letters_dir, ".parquet"):
@@ -103,9 +103,11 @@ def collect_dead_items(
         if dead.height == 0:
             continue
         batch_id = path.rsplit("/", 1)[-1].removesuffix(".parquet").removeprefix("batch-")
-        if plan is not None:
+        entries = plan["batches"]
+        entry = entries[int(batch_id)] if int(batch_id) < len(entries) else {}
+        if "ranges" in entry:
             batch_file = f"the rows {layout.plan} names for batch {batch_id}"
-            rows = row_ranges.read(config.input, plan, plan["batches"][int(batch_id)])
+            rows = row_ranges.read(config.input, plan, entry)
         else:
             batch_file = layout.batch(batch_id)
             if not files.exists(batch_file):
