@@ -246,3 +246,43 @@ def test_missing_output_bucket_is_one_clear_line(
     # Nothing was created behind the user's back: the bucket is still absent.
     names = [b["Name"] for b in s3.make_s3_client().list_buckets()["Buckets"]]
     assert bucket not in names
+
+
+def test_row_ranges_of_a_local_input_in_an_s3_run(
+    moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """batching.row_ranges with every file target in S3: only plan.json is in the batch
+    folder, the batch jobs read their rows from the local input, and the result is the
+    polars query's."""
+    set_storage_env(monkeypatch, moto_endpoint, moto_endpoint)
+    client = s3.make_s3_client()
+    bucket = f"orchestrator-ranges-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    table = f"orchestrator-ranges-{uuid.uuid4().hex[:12]}"
+    create_table(make_client(), table)
+    items = make_records(310, seed=17)
+    (tmp_path / "input").mkdir()
+    items.slice(0, 200).write_parquet(tmp_path / "input" / "a.parquet", row_group_size=32)
+    items.slice(200).write_parquet(tmp_path / "input" / "b.parquet", row_group_size=32)
+    config = base_config(
+        tmp_path,
+        run_id="ranges",
+        output_root=f"s3://{bucket}/p",
+        input={"uri": "input/*.parquet", "format": "parquet"},
+        batching={"max_items": 70, "row_ranges": True},
+        state={"backend": "dynamodb", "table": table},
+    )
+    configfile = write_config(tmp_path / "ranges.yaml", config)
+    run_snakemake(tmp_path, configfile)
+
+    layout = RunLayout(f"s3://{bucket}/p/ranges")
+    listed = client.list_objects_v2(Bucket=bucket, Prefix="p/ranges/batches/")["Contents"]
+    names = [o["Key"].rsplit("/", 1)[-1] for o in listed]
+    assert "plan.json" in names and not [n for n in names if n.endswith(".parquet")], names
+    final = pl.read_parquet(io.BytesIO(s3.read_bytes(client, layout.final)))
+    v = pl.col("value")
+    expected = items.group_by("group").agg(
+        pl.len().cast(pl.Int64).alias("count"), v.sum().alias("sum"), v.min().alias("min"),
+        v.max().alias("max"),
+    )  # fmt: skip
+    assert final.select(expected.columns).sort("group").equals(expected.sort("group"))
