@@ -155,7 +155,13 @@ def process_batch(
                 )  # fmt: skip
                 raise
     if chunks is not None:
-        chunks.clear()  # the batch committed: its chunks are no longer needed
+        # The batch committed: its chunks are no longer needed. An older attempt still
+        # running may write one into the folder meanwhile ("Directory not empty"): the
+        # commit stands, and a leftover chunk holds the same items under the same key.
+        try:
+            chunks.clear()
+        except OSError as exc:
+            logger.warning("batch %s: its chunks were not all removed: %s", batch, exc)
     logger.info("batch %s: %d items, %d dead, %d rows", batch, n_items, n_dead, record["rows"])
     return record
 
