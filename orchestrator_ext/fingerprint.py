@@ -43,11 +43,17 @@ def input_listing(spec: InputSpec, client: Any = None) -> list[dict[str, Any]]:
         return [{"path": o.uri, "bytes": o.size, "etag": o.etag} for o in objects]
     from orchestrator_ext.items import list_input_files
 
-    listing = []
-    for path in list_input_files(spec.uri):
-        stat = os.stat(path)
-        listing.append({"path": path, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns})
-    return listing
+    return [local_entry(path) for path in list_input_files(spec.uri)]
+
+
+def local_entry(path: str) -> dict[str, Any]:
+    """The listing entry of local file ``path`` as it is now.
+
+    Raises:
+        OSError: the file cannot be stat'ed.
+    """
+    stat = os.stat(path)
+    return {"path": path, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def listing_sha256(listing: list[dict[str, Any]]) -> str:

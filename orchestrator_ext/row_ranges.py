@@ -23,7 +23,6 @@ import base64
 import hashlib
 import io
 import json
-import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import polars as pl
 
 from orchestrator_ext.config import InputSpec
 from orchestrator_ext.errors import InputError
+from orchestrator_ext.fingerprint import local_entry
 from orchestrator_ext.items import ItemSource, reading, scan_listed
 
 
@@ -150,14 +150,13 @@ def check_unchanged(listed: dict[str, Any]) -> None:
     """Refuse a local input file whose size or mtime differ from its listing entry."""
     path = listed["path"]
     try:
-        stat = os.stat(path)
+        now = local_entry(path)
     except OSError as exc:
         raise InputError(
             f"input file {path} of the plan cannot be read ({exc.strerror}); with "
             "batching.row_ranges the input must stay in place until the run is done"
         ) from None
-    now = {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    was = {"bytes": listed["bytes"], "mtime_ns": listed["mtime_ns"]}
+    was = {"path": path, "bytes": listed["bytes"], "mtime_ns": listed["mtime_ns"]}
     if now != was:
         raise InputError(
             f"input file {path} changed since it was partitioned ({was['bytes']} bytes, "
